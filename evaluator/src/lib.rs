@@ -1,0 +1,20 @@
+//! Sandboxed CadQuery execution and the published metrics: valid syntax rate (VSR) and
+//! best IoU under the "shell" (MecAgent) and "volume" (CAD-Coder) protocols.
+//!
+//! CadQuery runs in a pool of long-lived Python workers (`worker`), each snippet in a forked,
+//! seccomp-confined child; the shell IoU's voxel work happens here in Rust (`shell`), the
+//! volume IoU's booleans in the worker.
+
+pub mod codeset;
+pub mod env;
+pub mod protocol;
+pub mod reference;
+pub mod score;
+pub mod shell;
+pub mod worker;
+
+pub use codeset::{CodeSet, CodeSetError, CodeText};
+pub use env::{PythonEnv, SetupOutcome};
+pub use protocol::{Execution, PairExecution, Status};
+pub use score::{ItemScore, PairInput, Protocols, Summary};
+pub use worker::{SandboxLimits, Wants, WorkerPool};

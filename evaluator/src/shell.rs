@@ -1,0 +1,284 @@
+//! The "shell" IoU of the MecAgent technical test, reproduced in Rust.
+//!
+//! Each solid's mesh is moved to its centre of mass and scaled by 1/r_g; the prediction is
+//! rotated onto the ground truth's principal axes under 4 sign patterns; the SURFACE of
+//! each mesh is voxelised at pitch 0.05 the way trimesh does it (subdivide every triangle
+//! until its edges are at most pitch/2, then bin the vertices by rounding v / pitch); the
+//! IoU of the two voxel sets is taken, best of the 4.
+//!
+//! Eigenvector signs: the principal axes come from numpy's `eigh` in the worker, the same
+//! LAPACK routine the reference calls, so the same half of the 8 sign combinations is tried.
+
+use crate::protocol::{Mesh, Props};
+
+/// Voxel pitch of the published protocol.
+pub const PITCH: f64 = 0.05;
+/// trimesh's `voxelize_subdivide` stops after this many halvings.
+const MAX_SUBDIVISIONS: u32 = 10;
+/// The reference's sign patterns, applied to the prediction's axes.
+pub const SIGN_PATTERNS: [[f64; 3]; 4] = [
+    [1.0, 1.0, 1.0],
+    [1.0, 1.0, -1.0],
+    [1.0, -1.0, 1.0],
+    [-1.0, 1.0, 1.0],
+];
+
+type Mat3 = [[f64; 3]; 3];
+
+/// A mesh in the metric's normalised frame with its principal axes.
+#[derive(Debug, Clone)]
+pub struct NormalisedMesh {
+    vertices: Vec<[f64; 3]>,
+    triangles: Vec<[u32; 3]>,
+    /// Principal axes as columns.
+    axes: Mat3,
+}
+
+/// Why a valid solid still gets no shell IoU.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShellError {
+    #[error("the solid has no positive volume")]
+    NoVolume,
+    #[error("the solid has no mesh")]
+    NoMesh,
+    #[error("the mesh has no principal axes")]
+    NoAxes,
+}
+
+impl NormalisedMesh {
+    /// Translate by -centre of mass and scale by 1/r_g, as the reference does to its STL.
+    pub fn new(mesh: &Mesh, props: &Props) -> Result<Self, ShellError> {
+        let r_g = props.r_g.filter(|r| *r > 0.0).ok_or(ShellError::NoVolume)?;
+        if mesh.triangles.is_empty() {
+            return Err(ShellError::NoMesh);
+        }
+        let a = props.mesh_axes.ok_or(ShellError::NoAxes)?;
+        let scale = 1.0 / r_g;
+        let c = props.center;
+        let vertices = mesh
+            .vertices
+            .iter()
+            .map(|v| {
+                [
+                    (v[0] - c[0]) * scale,
+                    (v[1] - c[1]) * scale,
+                    (v[2] - c[2]) * scale,
+                ]
+            })
+            .collect();
+        Ok(NormalisedMesh {
+            vertices,
+            triangles: mesh.triangles.clone(),
+            axes: [[a[0], a[1], a[2]], [a[3], a[4], a[5]], [a[6], a[7], a[8]]],
+        })
+    }
+}
+
+fn mat_mul(a: &Mat3, b: &Mat3) -> Mat3 {
+    let mut out = [[0.0; 3]; 3];
+    for (i, row) in out.iter_mut().enumerate() {
+        for (j, cell) in row.iter_mut().enumerate() {
+            *cell = (0..3).map(|k| a[i][k] * b[k][j]).sum();
+        }
+    }
+    out
+}
+
+fn transpose(a: &Mat3) -> Mat3 {
+    let mut out = [[0.0; 3]; 3];
+    for (i, row) in out.iter_mut().enumerate() {
+        for (j, cell) in row.iter_mut().enumerate() {
+            *cell = a[j][i];
+        }
+    }
+    out
+}
+
+fn apply(m: &Mat3, v: &[f64; 3]) -> [f64; 3] {
+    [
+        m[0][0] * v[0] + m[0][1] * v[1] + m[0][2] * v[2],
+        m[1][0] * v[0] + m[1][1] * v[1] + m[1][2] * v[2],
+        m[2][0] * v[0] + m[2][1] * v[1] + m[2][2] * v[2],
+    ]
+}
+
+fn dist(a: &[f64; 3], b: &[f64; 3]) -> f64 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+}
+
+const KEY_BIAS: i64 = 1 << 20;
+const KEY_MASK: i64 = (1 << 21) - 1;
+
+fn key(p: &[f64; 3], inv_pitch: f64) -> u64 {
+    // numpy rounds half to even; so do we.
+    let mut k: u64 = 0;
+    for c in p {
+        let i = (c * inv_pitch).round_ties_even() as i64;
+        k = (k << 21) | (((i + KEY_BIAS) & KEY_MASK) as u64);
+    }
+    k
+}
+
+/// The voxel set of a mesh's surface, sorted and deduplicated, after applying `rotation`.
+///
+/// trimesh splits a triangle 1 -> 4 at edge midpoints until all edges are <= pitch/2; the
+/// vertices that leaves are the points of a regular barycentric lattice with 2^L steps
+/// per edge, L the number of halvings the longest edge needs. We enumerate that lattice.
+pub fn surface_voxels(
+    vertices: &[[f64; 3]],
+    triangles: &[[u32; 3]],
+    rotation: &Mat3,
+    pitch: f64,
+) -> Vec<u64> {
+    let max_edge = pitch / 2.0;
+    let inv_pitch = 1.0 / pitch;
+    let moved: Vec<[f64; 3]> = vertices.iter().map(|v| apply(rotation, v)).collect();
+    let mut keys = Vec::with_capacity(moved.len() * 4);
+    for t in triangles {
+        let [a, b, c] = [
+            moved[t[0] as usize],
+            moved[t[1] as usize],
+            moved[t[2] as usize],
+        ];
+        let mut longest = dist(&a, &b).max(dist(&b, &c)).max(dist(&c, &a));
+        let mut level = 0;
+        while longest > max_edge && level < MAX_SUBDIVISIONS {
+            longest /= 2.0;
+            level += 1;
+        }
+        let n = 1u32 << level;
+        let step = 1.0 / n as f64;
+        let ab = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
+        let ac = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
+        for i in 0..=n {
+            let u = i as f64 * step;
+            for j in 0..=(n - i) {
+                let w = j as f64 * step;
+                let p = [
+                    a[0] + ab[0] * u + ac[0] * w,
+                    a[1] + ab[1] * u + ac[1] * w,
+                    a[2] + ab[2] * u + ac[2] * w,
+                ];
+                keys.push(key(&p, inv_pitch));
+            }
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// |a ∩ b| / |a ∪ b| of two sorted, deduplicated key lists.
+pub fn set_iou(a: &[u64], b: &[u64]) -> f64 {
+    let (mut i, mut j, mut inter) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                inter += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let union = a.len() + b.len() - inter;
+    if union == 0 {
+        0.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+const IDENTITY: Mat3 = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+
+/// Best shell IoU over the 4 sign patterns, at the given pitch.
+pub fn shell_iou(gt: &NormalisedMesh, pred: &NormalisedMesh, pitch: f64) -> f64 {
+    let gt_voxels = surface_voxels(&gt.vertices, &gt.triangles, &IDENTITY, pitch);
+    let mut best: f64 = 0.0;
+    for signs in SIGN_PATTERNS {
+        let mut flipped = pred.axes;
+        for row in flipped.iter_mut() {
+            for (k, cell) in row.iter_mut().enumerate() {
+                *cell *= signs[k];
+            }
+        }
+        let rotation = mat_mul(&gt.axes, &transpose(&flipped));
+        let pred_voxels = surface_voxels(&pred.vertices, &pred.triangles, &rotation, pitch);
+        best = best.max(set_iou(&gt_voxels, &pred_voxels));
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square(z: f64, size: f64) -> (Vec<[f64; 3]>, Vec<[u32; 3]>) {
+        (
+            vec![
+                [0.0, 0.0, z],
+                [size, 0.0, z],
+                [size, size, z],
+                [0.0, size, z],
+            ],
+            vec![[0, 1, 2], [0, 2, 3]],
+        )
+    }
+
+    #[test]
+    fn subdivision_lattice_covers_the_triangle_at_pitch() {
+        let (v, t) = square(0.0, 1.0);
+        let keys = surface_voxels(&v, &t, &IDENTITY, 0.05);
+        // a unit square at pitch 0.05 touches the 21 x 21 voxel centres of [0, 1]^2
+        assert_eq!(keys.len(), 21 * 21);
+    }
+
+    #[test]
+    fn rounding_is_half_to_even_like_numpy() {
+        assert_eq!(key(&[0.025, 0.0, 0.0], 20.0), key(&[0.0, 0.0, 0.0], 20.0));
+        assert_ne!(key(&[0.075, 0.0, 0.0], 20.0), key(&[0.05, 0.0, 0.0], 20.0));
+    }
+
+    #[test]
+    fn set_iou_counts_overlap() {
+        assert_eq!(set_iou(&[1, 2, 3, 4], &[3, 4, 5, 6]), 2.0 / 6.0);
+        assert_eq!(set_iou(&[], &[]), 0.0);
+        assert_eq!(set_iou(&[7], &[7]), 1.0);
+    }
+
+    #[test]
+    fn shifted_square_has_the_expected_overlap() {
+        let (v, t) = square(0.0, 1.0);
+        let a = surface_voxels(&v, &t, &IDENTITY, 0.05);
+        let shifted: Vec<[f64; 3]> = v.iter().map(|p| [p[0] + 0.5, p[1], p[2]]).collect();
+        let b = surface_voxels(&shifted, &t, &IDENTITY, 0.05);
+        // columns 0..=20 vs 10..=30: 11 shared of 31
+        assert!((set_iou(&a, &b) - 11.0 / 31.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn best_sign_pattern_recovers_a_rotated_copy() {
+        // an L-shaped surface, and the same rotated 90 degrees about z, with axes to match
+        let v = vec![
+            [0.0, 0.0, 0.0],
+            [2.0, 0.0, 0.0],
+            [2.0, 0.5, 0.0],
+            [0.0, 0.5, 0.0],
+            [0.0, 1.5, 0.0],
+        ];
+        let t = vec![[0, 1, 2], [0, 2, 3], [0, 3, 4]];
+        let gt = NormalisedMesh {
+            vertices: v.clone(),
+            triangles: t.clone(),
+            axes: IDENTITY,
+        };
+        let rot: Mat3 = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]];
+        let pred = NormalisedMesh {
+            vertices: v.iter().map(|p| apply(&rot, p)).collect(),
+            triangles: t,
+            axes: rot,
+        };
+        assert!((shell_iou(&gt, &pred, 0.05) - 1.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,89 @@
+//! Our metrics against the original Python metric on the 44 reference pairs.
+//! Needs the CadQuery environment (`rag setup`); fails, never skips, without it.
+
+use std::time::Duration;
+
+use evaluator::score::score_pair;
+use evaluator::{
+    reference, CodeText, PairInput, Protocols, PythonEnv, SandboxLimits, Status, WorkerPool,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_and_volume_iou_agree_with_the_reference_metric() {
+    let env = PythonEnv::locate().expect("CadQuery environment (run `rag setup`)");
+    let limits = SandboxLimits {
+        timeout: Duration::from_secs(60),
+        memory_mb: 4096,
+    };
+    let pool = WorkerPool::start(env, 2, limits)
+        .await
+        .expect("workers start");
+    let pairs = reference::pairs();
+    let mut handles = Vec::new();
+    for (i, p) in pairs.iter().enumerate() {
+        let pool = pool.clone();
+        let input = PairInput {
+            id: i.to_string(),
+            gt: CodeText::Utf8(p.gt_code.clone()),
+            pred: Some(CodeText::Utf8(p.pred_code.clone())),
+        };
+        handles.push(tokio::spawn(async move {
+            score_pair(&pool, input, Protocols::ALL).await
+        }));
+    }
+    let (mut shell_ok, mut volume_ok) = (0, 0);
+    let mut report = Vec::new();
+    for (p, h) in pairs.iter().zip(handles) {
+        let item = h.await.unwrap();
+        assert_eq!(item.status, Status::Ok, "{}: {}", item.id, item.message);
+        let shell = item.shell_iou.expect("shell IoU computed");
+        let volume = item.volume_iou.expect("volume IoU computed");
+        let e = &p.expected;
+        let shell_hit = (shell - e.shell_iou).abs() <= 0.03;
+        let volume_hit = (volume - e.volume_iou).abs() <= 0.01;
+        shell_ok += shell_hit as usize;
+        volume_ok += volume_hit as usize;
+        report.push(format!(
+            "{:9} {} {} shell {:.4} (ref {:.4}){} volume {:.4} (ref {:.4}){} {:.2}s",
+            e.kind,
+            e.gt_id,
+            e.pred_id,
+            shell,
+            e.shell_iou,
+            if shell_hit { "" } else { " MISS" },
+            volume,
+            e.volume_iou,
+            if volume_hit { "" } else { " MISS" },
+            item.seconds
+        ));
+    }
+    println!("{}", report.join("\n"));
+    println!(
+        "shell within 0.03: {shell_ok}/{}; volume within 0.01: {volume_ok}/{}",
+        pairs.len(),
+        pairs.len()
+    );
+    let need = (0.95 * pairs.len() as f64).ceil() as usize;
+    assert!(
+        shell_ok >= need,
+        "shell IoU agrees on {shell_ok} of {} pairs; misses:\n{}",
+        pairs.len(),
+        report
+            .iter()
+            .filter(|r| r.contains("MISS"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        volume_ok >= need,
+        "volume IoU agrees on {volume_ok} of {} pairs; misses:\n{}",
+        pairs.len(),
+        report
+            .iter()
+            .filter(|r| r.contains("MISS"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

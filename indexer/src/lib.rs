@@ -1,0 +1,1 @@
+//! Corpus readers and writers, synthetic corpus, CLIP image encoder and index building (not built yet: see the indexer issue).

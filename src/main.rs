@@ -1,0 +1,391 @@
+//! `rag`: image of a mechanical part -> CadQuery code. A thin CLI over the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use evaluator::score::{score_pair, score_sets};
+use evaluator::{
+    reference, CodeSet, PairInput, Protocols, PythonEnv, SandboxLimits, Summary, WorkerPool,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "rag",
+    version,
+    about = "Image of a mechanical part -> CadQuery code (retrieval-augmented)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the CadQuery environment (venv with the locked CadQuery 2.8); idempotent.
+    Setup {
+        /// Where to put the venv (default: $CADRAG_VENV or ~/.local/share/cadrag/venv).
+        #[arg(long)]
+        venv: Option<PathBuf>,
+    },
+    /// Score predicted CadQuery code against ground truth: VSR and IoU.
+    Score(ScoreArgs),
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// The main job end to end on the built-in default data.
+    Demo {
+        /// Where to write the demo's inputs and results.
+        #[arg(long, default_value = "target/demo")]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct PoolArgs {
+    /// Worker processes (default: number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Wall-clock seconds a snippet may run before it is killed.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Memory (MiB) a snippet may allocate.
+    #[arg(long, default_value_t = 2048)]
+    memory_mb: u64,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// Ground truth: jsonl of {"id", "code"} or a folder of <id>.py.
+    #[arg(long)]
+    gt: PathBuf,
+    /// Predictions, same formats.
+    #[arg(long)]
+    pred: PathBuf,
+    #[arg(long, value_enum, default_value_t = ProtocolArg::All)]
+    protocol: ProtocolArg,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write one JSON row per id to this file.
+    #[arg(long)]
+    per_item: Option<PathBuf>,
+    /// Keep the rows already in --per-item and score only the rest.
+    #[arg(long, requires = "per_item")]
+    resume: bool,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Shell,
+    Volume,
+    All,
+}
+
+impl From<ProtocolArg> for Protocols {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Shell => Protocols {
+                shell: true,
+                volume: false,
+            },
+            ProtocolArg::Volume => Protocols {
+                shell: false,
+                volume: true,
+            },
+            ProtocolArg::All => Protocols::ALL,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Pairs per second of `score` (both protocols) on the 44 reference pairs.
+    Score {
+        #[command(flatten)]
+        pool: PoolArgs,
+        /// Passes over the 44 pairs.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+async fn start_pool(args: &PoolArgs) -> Result<Arc<WorkerPool>> {
+    let env = PythonEnv::locate()?;
+    let limits = SandboxLimits {
+        timeout: Duration::from_secs_f64(args.timeout.max(0.1)),
+        memory_mb: args.memory_mb,
+    };
+    let size = args.workers.unwrap_or_else(cores);
+    eprintln!("starting {size} CadQuery workers...");
+    Ok(WorkerPool::start(env, size, limits).await?)
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {per_sec}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into())
+}
+
+fn print_table(s: &Summary, protocols: Protocols) {
+    println!("ids scored     {}", s.n);
+    println!("valid          {} (VSR {:.4})", s.valid, s.vsr);
+    if protocols.shell {
+        println!(
+            "shell IoU      {} over valid, {} with invalid as 0",
+            fmt_opt(s.shell_iou_mean_valid),
+            fmt_opt(s.shell_iou_mean_all)
+        );
+    }
+    if protocols.volume {
+        println!(
+            "volume IoU     {} over valid, {} with invalid as 0",
+            fmt_opt(s.volume_iou_mean_valid),
+            fmt_opt(s.volume_iou_mean_all)
+        );
+    }
+    let counts: Vec<String> = s
+        .status_counts
+        .iter()
+        .map(|(st, c)| format!("{}={c}", st.as_str()))
+        .collect();
+    println!("statuses       {}", counts.join(" "));
+    if !s.missing.is_empty() {
+        println!("missing preds  {}", s.missing.join(", "));
+    }
+    if !s.gt_invalid.is_empty() {
+        println!(
+            "gt failed      {} (left out of IoU means)",
+            s.gt_invalid.join(", ")
+        );
+    }
+    println!("seconds        {:.2}", s.seconds);
+}
+
+async fn score(args: ScoreArgs) -> Result<ExitCode> {
+    let gt = CodeSet::load(&args.gt).context("reading --gt")?;
+    let pred = CodeSet::load(&args.pred).context("reading --pred")?;
+    let protocols: Protocols = args.protocol.into();
+    let pool = start_pool(&args.pool).await?;
+    let start = Instant::now();
+    let bar = progress_bar(gt.len() as u64);
+    let run = score_sets(
+        pool,
+        &gt,
+        &pred,
+        protocols,
+        args.per_item.as_deref(),
+        args.resume,
+        &bar,
+    )
+    .await?;
+    bar.finish_and_clear();
+    if run.resumed > 0 {
+        eprintln!(
+            "resumed: {} ids taken from {}",
+            run.resumed,
+            args.per_item
+                .as_ref()
+                .expect("resume needs per-item")
+                .display()
+        );
+    }
+    if run.interrupted {
+        eprintln!(
+            "interrupted after {} of {} ids; rerun with --per-item FILE --resume to finish",
+            run.items.len(),
+            gt.len()
+        );
+        return Ok(ExitCode::from(130));
+    }
+    let summary = Summary::of(&run.items, start.elapsed().as_secs_f64());
+    if args.json {
+        println!("{}", summary.to_json(protocols));
+    } else {
+        print_table(&summary, protocols);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_score(pool_args: PoolArgs, repeat: usize) -> Result<ExitCode> {
+    let pairs = reference::pairs();
+    let pool = start_pool(&pool_args).await?;
+    let reference_seconds: f64 = pairs
+        .iter()
+        .map(|p| p.expected.reference_seconds)
+        .sum::<f64>()
+        / pairs.len() as f64;
+    let mut per_pass = Vec::new();
+    let mut latencies = Vec::new();
+    for pass in 0..repeat.max(1) {
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for (i, p) in pairs.iter().enumerate() {
+            let pool = pool.clone();
+            let input = PairInput {
+                id: i.to_string(),
+                gt: evaluator::CodeText::Utf8(p.gt_code.clone()),
+                pred: Some(evaluator::CodeText::Utf8(p.pred_code.clone())),
+            };
+            handles.push(tokio::spawn(async move {
+                score_pair(&pool, input, Protocols::ALL).await
+            }));
+        }
+        for h in handles {
+            let item = h.await?;
+            if item.status != evaluator::Status::Ok {
+                bail!("reference pair {} failed: {}", item.id, item.message);
+            }
+            latencies.push(item.seconds);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!("pass {}: {} pairs in {secs:.2} s", pass + 1, pairs.len());
+        per_pass.push(secs);
+    }
+    let best = per_pass.iter().cloned().fold(f64::INFINITY, f64::min);
+    let mean = per_pass.iter().sum::<f64>() / per_pass.len() as f64;
+    let n = pairs.len() as f64;
+    println!(
+        "bench score: {} reference pairs, both protocols, {} workers on {} cores",
+        pairs.len(),
+        pool.size(),
+        cores()
+    );
+    println!(
+        "  wall per pair      {:.4} s (mean of passes), {:.4} s (best pass)",
+        mean / n,
+        best / n
+    );
+    println!("  pairs per second   {:.2}", n / mean);
+    println!("  reference metric   {reference_seconds:.2} s per pair (shell only, 2 cores, from expected_iou.jsonl)");
+    println!(
+        "  speed-up           {:.0}x",
+        reference_seconds / (mean / n)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(out: PathBuf) -> Result<ExitCode> {
+    let venv = evaluator::env::venv_dir();
+    match evaluator::env::setup(&venv, &|m| eprintln!("setup: {m}"))? {
+        evaluator::SetupOutcome::AlreadyUpToDate => eprintln!(
+            "setup: CadQuery environment at {} is up to date",
+            venv.display()
+        ),
+        evaluator::SetupOutcome::Installed => eprintln!(
+            "setup: installed CadQuery environment at {}",
+            venv.display()
+        ),
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // Until the corpus, index and generator land, the demo scores the reference samples
+    // against a prediction set built from them: each sample's extrudes scaled by 1.5.
+    let samples = reference::samples();
+    let row = |id: &str, code: &str| serde_json::json!({"id": id, "code": code}).to_string();
+    let gt: Vec<String> = samples
+        .iter()
+        .map(|s| row(&s.deepcad_id, &s.cadquery))
+        .collect();
+    let pred: Vec<String> = samples
+        .iter()
+        .map(|s| row(&s.deepcad_id, &reference::scale_extrudes(&s.cadquery, 1.5)))
+        .collect();
+    let gt_path = out.join("gt.jsonl");
+    let pred_path = out.join("pred.jsonl");
+    std::fs::write(&gt_path, gt.join("\n") + "\n")?;
+    std::fs::write(&pred_path, pred.join("\n") + "\n")?;
+    eprintln!(
+        "demo: scoring {} -> {}",
+        pred_path.display(),
+        gt_path.display()
+    );
+    score(ScoreArgs {
+        gt: gt_path,
+        pred: pred_path,
+        protocol: ProtocolArg::All,
+        json: false,
+        per_item: Some(out.join("per_item.jsonl")),
+        resume: false,
+        pool: PoolArgs {
+            workers: None,
+            timeout: 10.0,
+            memory_mb: 2048,
+        },
+    })
+    .await
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Setup { venv } => {
+            let venv = venv.unwrap_or_else(evaluator::env::venv_dir);
+            match evaluator::env::setup(&venv, &|m| eprintln!("setup: {m}"))? {
+                evaluator::SetupOutcome::AlreadyUpToDate => {
+                    println!("CadQuery environment at {} is up to date", venv.display())
+                }
+                evaluator::SetupOutcome::Installed => {
+                    println!("CadQuery environment ready at {}", venv.display())
+                }
+            }
+            if std::env::var_os(evaluator::env::VENV_VAR).is_none()
+                && venv != evaluator::env::venv_dir()
+            {
+                println!(
+                    "set {}={} so other commands find it",
+                    evaluator::env::VENV_VAR,
+                    venv.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Score(args) => score(args).await,
+        Command::Bench {
+            what: BenchWhat::Score { pool, repeat },
+        } => bench_score(pool, repeat).await,
+        Command::Demo { out } => demo(out).await,
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
