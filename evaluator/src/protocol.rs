@@ -190,7 +190,7 @@ fn bytes(b64: &str) -> Result<Vec<u8>, DecodeError> {
 
 fn f64s(b64: &str) -> Result<Vec<f64>, DecodeError> {
     let raw = bytes(b64)?;
-    if raw.len() % 8 != 0 {
+    if !raw.len().is_multiple_of(8) {
         return Err(DecodeError::Shape("f64 array of odd length".into()));
     }
     Ok(raw
@@ -201,7 +201,7 @@ fn f64s(b64: &str) -> Result<Vec<f64>, DecodeError> {
 
 fn u32s(b64: &str) -> Result<Vec<u32>, DecodeError> {
     let raw = bytes(b64)?;
-    if raw.len() % 4 != 0 {
+    if !raw.len().is_multiple_of(4) {
         return Err(DecodeError::Shape("u32 array of odd length".into()));
     }
     Ok(raw
@@ -211,7 +211,7 @@ fn u32s(b64: &str) -> Result<Vec<u32>, DecodeError> {
 }
 
 fn triples<T: Copy>(flat: Vec<T>, what: &str) -> Result<Vec<[T; 3]>, DecodeError> {
-    if flat.len() % 3 != 0 {
+    if !flat.len().is_multiple_of(3) {
         return Err(DecodeError::Shape(format!(
             "{what} is not a list of triples"
         )));

@@ -108,22 +108,61 @@ fn dist(a: &[f64; 3], b: &[f64; 3]) -> f64 {
 
 const KEY_BIAS: i64 = 1 << 20;
 const KEY_MASK: i64 = (1 << 21) - 1;
+/// Adding and subtracting 1.5 * 2^52 rounds an f64 of magnitude < 2^51 to the nearest
+/// integer, ties to even (the FPU's default mode), which is numpy's rounding, without a
+/// libm call.
+const ROUNDER: f64 = 6755399441055744.0;
 
+#[inline(always)]
+fn round_half_even(x: f64) -> f64 {
+    (x + ROUNDER) - ROUNDER
+}
+
+#[inline(always)]
 fn key(p: &[f64; 3], inv_pitch: f64) -> u64 {
-    // numpy rounds half to even; so do we.
     let mut k: u64 = 0;
     for c in p {
-        let i = (c * inv_pitch).round_ties_even() as i64;
+        let i = round_half_even(c * inv_pitch) as i64;
         k = (k << 21) | (((i + KEY_BIAS) & KEY_MASK) as u64);
     }
     k
+}
+
+/// A small direct-mapped memory of recently seen keys: the lattice of a sliver triangle
+/// hits the same few voxels thousands of times, and this drops nearly all repeats before
+/// they reach the sort.
+struct RecentKeys {
+    slots: Vec<u64>,
+}
+
+impl RecentKeys {
+    const BITS: u32 = 12;
+
+    fn new() -> Self {
+        RecentKeys {
+            slots: vec![u64::MAX; 1 << Self::BITS],
+        }
+    }
+
+    /// True if `k` was not in its slot (and now is).
+    #[inline(always)]
+    fn insert(&mut self, k: u64) -> bool {
+        let h = (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - Self::BITS)) as usize;
+        if self.slots[h] == k {
+            false
+        } else {
+            self.slots[h] = k;
+            true
+        }
+    }
 }
 
 /// The voxel set of a mesh's surface, sorted and deduplicated, after applying `rotation`.
 ///
 /// trimesh splits a triangle 1 -> 4 at edge midpoints until all edges are <= pitch/2; the
 /// vertices that leaves are the points of a regular barycentric lattice with 2^L steps
-/// per edge, L the number of halvings the longest edge needs. We enumerate that lattice.
+/// per edge, L the number of halvings the longest edge needs. We enumerate that lattice,
+/// in rows along the longest edge so that consecutive points mostly share a voxel.
 pub fn surface_voxels(
     vertices: &[[f64; 3]],
     triangles: &[[u32; 3]],
@@ -134,32 +173,65 @@ pub fn surface_voxels(
     let inv_pitch = 1.0 / pitch;
     let moved: Vec<[f64; 3]> = vertices.iter().map(|v| apply(rotation, v)).collect();
     let mut keys = Vec::with_capacity(moved.len() * 4);
+    let mut recent = RecentKeys::new();
     for t in triangles {
-        let [a, b, c] = [
+        let corners = [
             moved[t[0] as usize],
             moved[t[1] as usize],
             moved[t[2] as usize],
         ];
-        let mut longest = dist(&a, &b).max(dist(&b, &c)).max(dist(&c, &a));
+        let lengths = [
+            dist(&corners[0], &corners[1]),
+            dist(&corners[1], &corners[2]),
+            dist(&corners[2], &corners[0]),
+        ];
+        let mut longest = lengths[0].max(lengths[1]).max(lengths[2]);
         let mut level = 0;
         while longest > max_edge && level < MAX_SUBDIVISIONS {
             longest /= 2.0;
             level += 1;
         }
+        // start at the corner where the longest edge begins; rows run along that edge
+        let first = (0..3)
+            .max_by(|&x, &y| lengths[x].total_cmp(&lengths[y]))
+            .unwrap_or(0);
+        let a = corners[first];
+        let b = corners[(first + 1) % 3];
+        let c = corners[(first + 2) % 3];
         let n = 1u32 << level;
         let step = 1.0 / n as f64;
-        let ab = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
-        let ac = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
-        for i in 0..=n {
-            let u = i as f64 * step;
-            for j in 0..=(n - i) {
-                let w = j as f64 * step;
+        let along = [
+            (b[0] - a[0]) * step,
+            (b[1] - a[1]) * step,
+            (b[2] - a[2]) * step,
+        ];
+        let across = [
+            (c[0] - a[0]) * step,
+            (c[1] - a[1]) * step,
+            (c[2] - a[2]) * step,
+        ];
+        for row in 0..=n {
+            let r = row as f64;
+            let start = [
+                a[0] + across[0] * r,
+                a[1] + across[1] * r,
+                a[2] + across[2] * r,
+            ];
+            let mut last = u64::MAX;
+            for col in 0..=(n - row) {
+                let s = col as f64;
                 let p = [
-                    a[0] + ab[0] * u + ac[0] * w,
-                    a[1] + ab[1] * u + ac[1] * w,
-                    a[2] + ab[2] * u + ac[2] * w,
+                    start[0] + along[0] * s,
+                    start[1] + along[1] * s,
+                    start[2] + along[2] * s,
                 ];
-                keys.push(key(&p, inv_pitch));
+                let k = key(&p, inv_pitch);
+                if k != last {
+                    last = k;
+                    if recent.insert(k) {
+                        keys.push(k);
+                    }
+                }
             }
         }
     }

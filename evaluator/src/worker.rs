@@ -63,6 +63,12 @@ enum Request<'a> {
         timeout_s: f64,
         memory_mb: u64,
     },
+    SandboxSelftest {
+        seq: u64,
+        probe_dir: &'a str,
+        timeout_s: f64,
+        memory_mb: u64,
+    },
     Pair {
         seq: u64,
         gt: &'a str,
@@ -286,6 +292,28 @@ impl WorkerPool {
             Ok(e) => e,
             Err(e) => Execution::failed(Status::Crash, e.to_string()),
         }
+    }
+
+    /// Attempt, inside a sandboxed child and bypassing the AST layer, each thing the syscall
+    /// filter must stop (writes under `probe_dir`, sockets, fork, exec, ...); returns what
+    /// happened to each ("blocked" or "allowed").
+    pub async fn sandbox_selftest(
+        &self,
+        probe_dir: &str,
+    ) -> Result<serde_json::Value, WorkerError> {
+        let limits = &self.limits;
+        let reply: serde_json::Value = self
+            .with_worker(
+                |seq| Request::SandboxSelftest {
+                    seq,
+                    probe_dir,
+                    timeout_s: limits.timeout.as_secs_f64(),
+                    memory_mb: limits.memory_mb,
+                },
+                1,
+            )
+            .await?;
+        Ok(reply["result"].clone())
     }
 
     /// Run a ground truth and a prediction in one sandboxed child (the volume IoU needs
