@@ -188,26 +188,27 @@ fn bytes(b64: &str) -> Result<Vec<u8>, DecodeError> {
         .map_err(|e| DecodeError::Shape(format!("bad base64: {e}")))
 }
 
-fn f64s(b64: &str) -> Result<Vec<f64>, DecodeError> {
+/// A little-endian array of fixed-size numbers, base64-encoded by the worker.
+fn le_array<T, const N: usize>(b64: &str, from: fn([u8; N]) -> T) -> Result<Vec<T>, DecodeError> {
     let raw = bytes(b64)?;
-    if !raw.len().is_multiple_of(8) {
-        return Err(DecodeError::Shape("f64 array of odd length".into()));
+    if !raw.len().is_multiple_of(N) {
+        return Err(DecodeError::Shape(format!(
+            "array of {N}-byte numbers has {} bytes",
+            raw.len()
+        )));
     }
     Ok(raw
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .chunks_exact(N)
+        .map(|c| from(c.try_into().expect("chunk of N bytes")))
         .collect())
 }
 
+fn f64s(b64: &str) -> Result<Vec<f64>, DecodeError> {
+    le_array(b64, f64::from_le_bytes)
+}
+
 fn u32s(b64: &str) -> Result<Vec<u32>, DecodeError> {
-    let raw = bytes(b64)?;
-    if !raw.len().is_multiple_of(4) {
-        return Err(DecodeError::Shape("u32 array of odd length".into()));
-    }
-    Ok(raw
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect())
+    le_array(b64, u32::from_le_bytes)
 }
 
 fn triples<T: Copy>(flat: Vec<T>, what: &str) -> Result<Vec<[T; 3]>, DecodeError> {

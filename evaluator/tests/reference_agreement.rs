@@ -64,26 +64,20 @@ async fn shell_and_volume_iou_agree_with_the_reference_metric() {
         pairs.len()
     );
     let need = (0.95 * pairs.len() as f64).ceil() as usize;
+    let misses: Vec<&String> = report.iter().filter(|r| r.contains("MISS")).collect();
+    let misses = misses
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(
         shell_ok >= need,
-        "shell IoU agrees on {shell_ok} of {} pairs; misses:\n{}",
-        pairs.len(),
-        report
-            .iter()
-            .filter(|r| r.contains("MISS"))
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        "shell IoU agrees on {shell_ok} of {} pairs; misses:\n{misses}",
+        pairs.len()
     );
     assert!(
         volume_ok >= need,
-        "volume IoU agrees on {volume_ok} of {} pairs; misses:\n{}",
-        pairs.len(),
-        report
-            .iter()
-            .filter(|r| r.contains("MISS"))
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        "volume IoU agrees on {volume_ok} of {} pairs; misses:\n{misses}",
+        pairs.len()
     );
 }
