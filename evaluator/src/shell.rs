@@ -185,16 +185,16 @@ pub fn surface_voxels(
             dist(&corners[1], &corners[2]),
             dist(&corners[2], &corners[0]),
         ];
-        let mut longest = lengths[0].max(lengths[1]).max(lengths[2]);
+        // start at the corner where the longest edge begins; rows run along that edge
+        let first = (0..3)
+            .max_by(|&x, &y| lengths[x].total_cmp(&lengths[y]))
+            .unwrap_or(0);
+        let mut longest = lengths[first];
         let mut level = 0;
         while longest > max_edge && level < MAX_SUBDIVISIONS {
             longest /= 2.0;
             level += 1;
         }
-        // start at the corner where the longest edge begins; rows run along that edge
-        let first = (0..3)
-            .max_by(|&x, &y| lengths[x].total_cmp(&lengths[y]))
-            .unwrap_or(0);
         let a = corners[first];
         let b = corners[(first + 1) % 3];
         let c = corners[(first + 2) % 3];

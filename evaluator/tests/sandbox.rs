@@ -178,39 +178,20 @@ async fn syscall_filter_blocks_writes_network_and_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_utf8_and_missing_predictions_are_invalid_not_errors() {
     let pool = pool(10).await;
-    let item = score_pair(
-        &pool,
-        PairInput {
-            id: "a".into(),
+    let score_against_box = |pred: Option<CodeText>| {
+        let input = PairInput {
+            id: "item".into(),
             gt: CodeText::Utf8(BOX.into()),
-            pred: Some(CodeText::NotUtf8 { valid_up_to: 3 }),
-        },
-        Protocols::ALL,
-    )
-    .await;
+            pred,
+        };
+        score_pair(&pool, input, Protocols::ALL)
+    };
+    let item = score_against_box(Some(CodeText::NotUtf8 { valid_up_to: 3 })).await;
     assert_eq!(item.status, Status::Syntax);
     assert!(item.message.contains("UTF-8"));
-    let item = score_pair(
-        &pool,
-        PairInput {
-            id: "b".into(),
-            gt: CodeText::Utf8(BOX.into()),
-            pred: None,
-        },
-        Protocols::ALL,
-    )
-    .await;
+    let item = score_against_box(None).await;
     assert_eq!(item.status, Status::Missing);
-    let item = score_pair(
-        &pool,
-        PairInput {
-            id: "c".into(),
-            gt: CodeText::Utf8(BOX.into()),
-            pred: Some(CodeText::Utf8(BOX.into())),
-        },
-        Protocols::ALL,
-    )
-    .await;
+    let item = score_against_box(Some(CodeText::Utf8(BOX.into()))).await;
     assert_eq!(item.status, Status::Ok);
     assert_eq!(item.shell_iou, Some(1.0));
     assert!((item.volume_iou.unwrap() - 1.0).abs() < 1e-9);
