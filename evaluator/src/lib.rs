@@ -8,6 +8,7 @@
 pub mod codeset;
 pub mod env;
 pub mod protocol;
+pub mod pyfloat;
 pub mod reference;
 pub mod score;
 pub mod shell;

@@ -56,7 +56,7 @@ pub fn scale_extrudes(code: &str, factor: f64) -> String {
         let len = number_prefix_len(rest);
         match rest[..len].parse::<f64>() {
             Ok(x) if len > 0 => {
-                out.push_str(&python_float_repr(factor * x));
+                out.push_str(&crate::pyfloat::repr(factor * x));
                 rest = &rest[len..];
             }
             _ => {}
@@ -100,16 +100,6 @@ fn number_prefix_len(s: &str) -> usize {
         }
     }
     i
-}
-
-/// A float literal Python reads back to the same value (Rust's shortest round-trip digits).
-fn python_float_repr(x: f64) -> String {
-    let s = format!("{x:?}");
-    if s.contains(['.', 'e', 'n', 'i']) {
-        s
-    } else {
-        format!("{s}.0")
-    }
 }
 
 /// The 44 reference pairs with their codes.
