@@ -10,8 +10,10 @@ pub mod env;
 pub mod protocol;
 pub mod pyfloat;
 pub mod reference;
+pub mod render;
 pub mod score;
 pub mod shell;
+pub mod style;
 pub mod worker;
 
 pub use codeset::{CodeSet, CodeSetError, CodeText};

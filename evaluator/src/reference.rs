@@ -6,6 +6,23 @@ use serde::Deserialize;
 const SAMPLES: &str = include_str!("reference/samples.jsonl");
 const EXPECTED: &str = include_str!("reference/expected_iou.jsonl");
 
+/// The real 448x448 PNG of each sample, as published.
+const IMAGES: [(&str, &[u8]); 8] = [
+    ("00002718", include_bytes!("reference/00002718_0.png")),
+    ("00387732", include_bytes!("reference/00387732_0.png")),
+    ("00442545", include_bytes!("reference/00442545_0.png")),
+    ("00519312", include_bytes!("reference/00519312_0.png")),
+    ("00534824", include_bytes!("reference/00534824_0.png")),
+    ("00765253", include_bytes!("reference/00765253_0.png")),
+    ("00852119", include_bytes!("reference/00852119_0.png")),
+    ("00966577", include_bytes!("reference/00966577_0.png")),
+];
+
+/// The real dataset image of a sample (PNG bytes), for render-style checks.
+pub fn image_png(id: &str) -> Option<&'static [u8]> {
+    IMAGES.iter().find(|(i, _)| *i == id).map(|(_, b)| *b)
+}
+
 /// A real dataset row: id and ground-truth code.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Sample {
