@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use evaluator::score::{score_pair, score_sets};
+mod dataset;
+
 use evaluator::{
     reference, CodeSet, PairInput, Protocols, PythonEnv, SandboxLimits, Summary, WorkerPool,
 };
@@ -38,6 +40,22 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Execute a CadQuery file in the sandbox and render it in the GenCAD style.
+    Render {
+        /// The CadQuery code (.py).
+        code: PathBuf,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 448)]
+        size: u32,
+    },
+    /// Build, inspect and check corpora.
+    Dataset {
+        #[command(subcommand)]
+        what: dataset::DatasetCommand,
+    },
     /// The main job end to end on the built-in default data.
     Demo {
         /// Where to write the demo's inputs and results.
@@ -47,7 +65,7 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct PoolArgs {
+pub(crate) struct PoolArgs {
     /// Worker processes (default: number of cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -57,6 +75,16 @@ struct PoolArgs {
     /// Memory (MiB) a snippet may allocate.
     #[arg(long, default_value_t = 2048)]
     memory_mb: u64,
+}
+
+impl Default for PoolArgs {
+    fn default() -> Self {
+        PoolArgs {
+            workers: None,
+            timeout: 10.0,
+            memory_mb: 2048,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -115,15 +143,29 @@ enum BenchWhat {
         #[arg(long, default_value_t = 1)]
         repeat: usize,
     },
+    /// Images per second of the renderer (one thread, 448x448, reference parts).
+    Render {
+        /// Passes over the 8 reference parts.
+        #[arg(long, default_value_t = 20)]
+        repeat: usize,
+    },
+    /// Valid samples per second of `dataset synth`.
+    Synth {
+        /// Valid samples to produce.
+        #[arg(long, default_value_t = 300)]
+        n: usize,
+        #[command(flatten)]
+        pool: PoolArgs,
+    },
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
 }
 
-async fn start_pool(args: &PoolArgs) -> Result<Arc<WorkerPool>> {
+pub(crate) async fn start_pool(args: &PoolArgs) -> Result<Arc<WorkerPool>> {
     let env = PythonEnv::locate()?;
     let limits = SandboxLimits {
         timeout: Duration::from_secs_f64(args.timeout.max(0.1)),
@@ -300,7 +342,21 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
         ),
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    // Until the corpus, index and generator land, the demo scores the reference samples
+    // The data engine: a small synthetic corpus, its statistics and a contact sheet, and the
+    // renderer checked against the real reference images.
+    let corpus = out.join("corpus");
+    eprintln!(
+        "demo: synthesising a 48-row corpus into {}",
+        corpus.display()
+    );
+    let synth = dataset::SynthArgs::small(&corpus, 48);
+    if dataset::synth_cmd(&synth, false).await? != ExitCode::SUCCESS {
+        bail!("demo: synth did not finish");
+    }
+    dataset::info(&corpus, true, false)?;
+    dataset::gallery(&corpus, "train", 16, &out.join("corpus_gallery.png"))?;
+    dataset::style(&out.join("style")).await?;
+    // Until the index and generator land, the scoring step scores the reference samples
     // against a prediction set built from them: each sample's extrudes scaled by 1.5.
     let samples = reference::samples();
     let row = |id: &str, code: &str| serde_json::json!({"id": id, "code": code}).to_string();
@@ -328,11 +384,7 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
         json: false,
         per_item: Some(out.join("per_item.jsonl")),
         resume: false,
-        pool: PoolArgs {
-            workers: None,
-            timeout: 10.0,
-            memory_mb: 2048,
-        },
+        pool: PoolArgs::default(),
     })
     .await
 }
@@ -364,6 +416,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             what: BenchWhat::Score { pool, repeat },
         } => bench_score(pool, repeat).await,
+        Command::Bench {
+            what: BenchWhat::Render { repeat },
+        } => dataset::bench_render(repeat).await,
+        Command::Bench {
+            what: BenchWhat::Synth { n, pool },
+        } => dataset::bench_synth(n, pool).await,
+        Command::Render { code, out, size } => dataset::render(&code, &out, size).await,
+        Command::Dataset { what } => dataset::dataset(what).await,
         Command::Demo { out } => demo(out).await,
     }
 }

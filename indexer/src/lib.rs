@@ -1,1 +1,5 @@
-//! Corpus readers and writers, synthetic corpus, CLIP image encoder and index building (not built yet: see the indexer issue).
+//! Corpus readers and writers, the synthetic GenCAD corpus, and (later) CLIP and index building.
+
+pub mod corpus;
+pub mod dialect;
+pub mod synth;

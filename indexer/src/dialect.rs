@@ -1,0 +1,137 @@
+//! Statistics of GenCAD-dialect code, printed next to the real test split's figures
+//! (DESIGN.md) so a corpus can be checked against the dataset it imitates.
+
+use serde::Serialize;
+
+/// Counts over a set of programs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DialectStats {
+    pub parts: usize,
+    /// Parts with 1, 2, 3, and 4 or more sketches.
+    pub sketch_hist: [usize; 4],
+    pub line_to: usize,
+    pub circle: usize,
+    pub three_point_arc: usize,
+    pub union: usize,
+    pub cut: usize,
+    pub intersect: usize,
+    pub both: usize,
+    lengths: Vec<usize>,
+}
+
+/// One row of the comparison: our value, the real one, and whether it is within tolerance.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatRow {
+    pub name: &'static str,
+    pub ours: f64,
+    pub real: f64,
+    pub within_5_points: bool,
+}
+
+/// The real test split's figures from DESIGN.md: percent of parts with 1/2/3/4+ sketches, and
+/// occurrences per 100 parts.
+pub const REAL: [(&str, f64); 11] = [
+    ("% parts with 1 sketch", 57.0),
+    ("% parts with 2 sketches", 19.0),
+    ("% parts with 3 sketches", 12.0),
+    ("% parts with 4-8 sketches", 12.0),
+    ("lineTo per 100 parts", 550.0),
+    ("circle per 100 parts", 110.0),
+    ("threePointArc per 100 parts", 70.0),
+    ("union per 100 parts", 70.0),
+    ("cut per 100 parts", 25.0),
+    ("both=True per 100 parts", 9.0),
+    ("median code length (chars)", 710.0),
+];
+
+impl DialectStats {
+    /// Add one program.
+    pub fn add(&mut self, code: &str) {
+        self.parts += 1;
+        let sketches = code.matches("= cq.Workplane(").count();
+        self.sketch_hist[sketches.clamp(1, 4) - 1] += 1;
+        self.line_to += code.matches(".lineTo(").count();
+        self.circle += code.matches(".circle(").count();
+        self.three_point_arc += code.matches(".threePointArc(").count();
+        self.union += code.matches(".union(").count();
+        self.cut += code.matches(".cut(").count();
+        self.intersect += code.matches(".intersect(").count();
+        self.both += code.matches("both=True").count();
+        self.lengths.push(code.chars().count());
+    }
+
+    /// Median code length in characters.
+    pub fn median_length(&self) -> f64 {
+        let mut l = self.lengths.clone();
+        l.sort_unstable();
+        match l.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => l[n / 2] as f64,
+            n => (l[n / 2 - 1] + l[n / 2]) as f64 / 2.0,
+        }
+    }
+
+    /// Longest program in characters.
+    pub fn max_length(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Our figures in the order of [`REAL`], next to the real ones. "Within 5 points" means 5
+    /// percentage points for shares, 5% of the real figure for counts and lengths.
+    pub fn compare(&self) -> Vec<StatRow> {
+        let per100 = |x: usize| 100.0 * x as f64 / self.parts.max(1) as f64;
+        let ours = [
+            per100(self.sketch_hist[0]),
+            per100(self.sketch_hist[1]),
+            per100(self.sketch_hist[2]),
+            per100(self.sketch_hist[3]),
+            per100(self.line_to),
+            per100(self.circle),
+            per100(self.three_point_arc),
+            per100(self.union),
+            per100(self.cut),
+            per100(self.both),
+            self.median_length(),
+        ];
+        REAL.iter()
+            .zip(ours)
+            .enumerate()
+            .map(|(i, ((name, real), ours))| {
+                let tolerance = if i < 4 {
+                    5.0
+                } else {
+                    (real * 0.05f64).max(5.0)
+                };
+                StatRow {
+                    name,
+                    ours,
+                    real: *real,
+                    within_5_points: (ours - real).abs() <= tolerance,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_the_reference_samples() {
+        let mut s = DialectStats::default();
+        for sample in evaluator::reference::samples() {
+            s.add(&sample.cadquery);
+        }
+        assert_eq!(s.parts, 8);
+        assert_eq!(s.sketch_hist, [5, 0, 2, 1]);
+        assert_eq!(s.line_to, 43);
+        assert_eq!(s.circle, 16);
+        assert_eq!(s.three_point_arc, 11);
+        assert_eq!(s.union, 5);
+        assert_eq!(s.cut, 2);
+        assert_eq!(s.both, 2);
+        assert_eq!(s.max_length(), 1790);
+        assert_eq!(s.median_length(), (1352.0 + 759.0) / 2.0);
+    }
+}

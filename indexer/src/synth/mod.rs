@@ -1,0 +1,10 @@
+//! The synthetic GenCAD-Code corpus: a sampler of DeepCAD-style programs in the exact dialect,
+//! and the pipeline that executes, filters, renders and writes them as parquet.
+
+pub mod pipeline;
+pub mod plane;
+pub mod rng;
+pub mod sampler;
+
+pub use pipeline::{synthesize, SynthConfig, SynthError, SynthReport};
+pub use sampler::{PartProgram, ProgramSampler};
