@@ -493,7 +493,7 @@ async fn judge(pool: &WorkerPool, code: String, size: u32) -> Verdict {
             },
         )
         .await;
-    let (props, mesh, edges) = match check(&exec) {
+    let (props, mesh, edges) = match check(exec) {
         Ok(x) => x,
         Err(reason) => return Verdict::Reject(reason),
     };
@@ -528,7 +528,7 @@ async fn judge(pool: &WorkerPool, code: String, size: u32) -> Verdict {
 type Checked = (Props, evaluator::protocol::Mesh, evaluator::protocol::Edges);
 
 /// The dataset-level filters on one execution.
-fn check(exec: &Execution) -> Result<Checked, &'static str> {
+fn check(exec: Execution) -> Result<Checked, &'static str> {
     if exec.status != Status::Ok {
         return Err(match exec.status {
             Status::Timeout => "timeout",
@@ -537,7 +537,7 @@ fn check(exec: &Execution) -> Result<Checked, &'static str> {
             _ => "exec_failed",
         });
     }
-    let (Some(props), Some(mesh), Some(edges)) = (&exec.props, &exec.mesh, &exec.edges) else {
+    let (Some(props), Some(mesh), Some(edges)) = (exec.props, exec.mesh, exec.edges) else {
         return Err("exec_failed");
     };
     if props.solid_count != 1 {
@@ -558,7 +558,7 @@ fn check(exec: &Execution) -> Result<Checked, &'static str> {
     if thinnest_pixels(dims) < MIN_THICKNESS_PX {
         return Err("sliver");
     }
-    Ok((props.clone(), mesh.clone(), edges.clone()))
+    Ok((props, mesh, edges))
 }
 
 /// Parts thinner than this many pixels in the 448 render are rejected as slivers.
@@ -619,6 +619,50 @@ mod tests {
     fn tokens_split_names_numbers_and_punctuation() {
         assert_eq!(token_count("loop0=wp.moveTo(1.5, -0.25)"), 11);
         assert_eq!(token_count("x = 6.123e-17"), 3);
+    }
+
+    fn execution(solid_count: u32, valid: bool, bbox: [f64; 6], volume: f64) -> Execution {
+        let mut e = Execution::failed(Status::Ok, "");
+        e.props = Some(Props {
+            volume,
+            center: [0.0; 3],
+            inertia: [0.0; 9],
+            bbox,
+            solid_count,
+            valid,
+            r_g: None,
+            mesh_axes: None,
+        });
+        e.mesh = Some(evaluator::protocol::Mesh {
+            vertices: vec![[0.0; 3], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+            triangles: vec![[0, 1, 2]],
+        });
+        e.edges = Some(evaluator::protocol::Edges::default());
+        e
+    }
+
+    #[test]
+    fn filters_reject_what_the_dataset_would_not_hold() {
+        let cube = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        assert!(check(execution(1, true, cube, 1.0)).is_ok());
+        assert_eq!(check(execution(2, true, cube, 1.0)).err(), Some("multi_solid"));
+        assert_eq!(check(execution(1, false, cube, 1.0)).err(), Some("invalid_brep"));
+        assert_eq!(check(execution(1, true, cube, 0.0)).err(), Some("zero_volume"));
+        let foil = [0.0, 0.0, 0.0, 1.0, 1.0, 0.002];
+        assert_eq!(check(execution(1, true, foil, 0.002)).err(), Some("sliver"));
+        let failed = Execution::failed(Status::Timeout, "killed");
+        assert_eq!(check(failed).err(), Some("timeout"));
+    }
+
+    #[test]
+    fn signatures_ignore_size_but_not_shape() {
+        let props = |s: f64, fill: f64| {
+            let e = execution(1, true, [0.0, 0.0, 0.0, s, 2.0 * s, 0.5 * s], fill * s * s * s);
+            e.props.unwrap()
+        };
+        assert_eq!(shape_signature(props(1.0, 0.9), 12), shape_signature(props(3.0, 0.9), 12));
+        assert_ne!(shape_signature(props(1.0, 0.9), 12), shape_signature(props(1.0, 0.5), 12));
+        assert_ne!(shape_signature(props(1.0, 0.9), 12), shape_signature(props(1.0, 0.9), 13));
     }
 
     #[test]
