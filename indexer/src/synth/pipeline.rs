@@ -25,7 +25,7 @@ use crate::corpus::{
 };
 
 /// Version of the sampler + filters; a state file from another version is refused on resume.
-pub const SYNTH_VERSION: u32 = 1;
+pub const SYNTH_VERSION: u32 = 2;
 
 /// The instruction text stored in every row's `prompt` column (ours; the dataset's own text is
 /// not known to us, and no model reads this column).
@@ -573,8 +573,10 @@ fn thinnest_pixels(dims: [f64; 3]) -> f64 {
     dims.iter().copied().fold(f64::INFINITY, f64::min) * scale
 }
 
-/// Parts whose renders would look the same: box proportions (1/32), fill ratio (1/100) and
-/// the number of drawn edges. The render frames the box, so absolute size does not count.
+/// Parts whose renders would look the same: box proportions to 1/128 (about 3 px of a 448
+/// render), fill ratio to 1/200 and the number of drawn edges. The render frames the box, so
+/// absolute size does not count. (A coarser key, 1/32, rejected simple parts ever more often
+/// as a corpus grew, which skewed a 20k corpus towards multi-sketch parts.)
 fn shape_signature(props: Props, drawn_edges: usize) -> u64 {
     let d = [
         props.bbox[3] - props.bbox[0],
@@ -584,8 +586,8 @@ fn shape_signature(props: Props, drawn_edges: usize) -> u64 {
     let m = d.iter().copied().fold(1e-12, f64::max);
     let fill = props.volume / (d[0] * d[1] * d[2]).max(1e-12);
     let key = (
-        d.map(|x| (x / m * 32.0).round() as i64),
-        (fill * 100.0).round() as i64,
+        d.map(|x| (x / m * 128.0).round() as i64),
+        (fill * 200.0).round() as i64,
         drawn_edges,
     );
     let mut h = std::collections::hash_map::DefaultHasher::new();

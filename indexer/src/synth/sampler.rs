@@ -698,20 +698,20 @@ fn profile(rng: &mut Rng, weights: &[(Outline, f64)], hole_chance: f64) -> Profi
 const BASE_OUTLINES: [(Outline, f64); 10] = [
     (Outline::Rect, 34.0),
     (Outline::LShape, 9.0),
-    (Outline::TShape, 4.0),
-    (Outline::UShape, 6.0),
-    (Outline::Steps, 4.0),
+    (Outline::TShape, 3.0),
+    (Outline::UShape, 5.0),
+    (Outline::Steps, 3.0),
     (Outline::Polygon, 6.0),
     (Outline::Slot, 5.0),
-    (Outline::Rounded, 6.0),
-    (Outline::Tab, 5.0),
-    (Outline::Circle, 15.0),
+    (Outline::Rounded, 5.0),
+    (Outline::Tab, 4.0),
+    (Outline::Circle, 13.0),
 ];
 
 const FEATURE_OUTLINES: [(Outline, f64); 9] = [
     (Outline::Rect, 44.0),
-    (Outline::Circle, 21.0),
-    (Outline::Slot, 6.0),
+    (Outline::Circle, 19.0),
+    (Outline::Slot, 5.0),
     (Outline::Polygon, 4.0),
     (Outline::Rounded, 4.0),
     (Outline::LShape, 7.0),
