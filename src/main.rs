@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use evaluator::score::{score_pair, score_sets};
 mod dataset;
+mod retrieval;
 
 use evaluator::{
     reference, CodeSet, PairInput, Protocols, PythonEnv, SandboxLimits, Summary, WorkerPool,
@@ -56,6 +57,17 @@ enum Command {
         #[command(subcommand)]
         what: dataset::DatasetCommand,
     },
+    /// Build retrieval indices.
+    Index {
+        #[command(subcommand)]
+        what: retrieval::IndexCommand,
+    },
+    /// The nearest corpus parts of an image, with their code.
+    Search(retrieval::SearchArgs),
+    /// Image -> CadQuery code (`--retrieval-only`: the nearest neighbour's code).
+    Generate(retrieval::GenerateArgs),
+    /// Evaluate image -> code on a corpus split with the real metrics.
+    Eval(retrieval::EvalArgs),
     /// The main job end to end on the built-in default data.
     Demo {
         /// Where to write the demo's inputs and results.
@@ -149,6 +161,8 @@ enum BenchWhat {
         #[arg(long, default_value_t = 20)]
         repeat: usize,
     },
+    /// HNSW recall and latency vs exact search, index build throughput, load time, memory.
+    Index(retrieval::BenchIndexArgs),
     /// Valid samples per second of `dataset synth`.
     Synth {
         /// Valid samples to produce.
@@ -356,37 +370,64 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
     dataset::info(&corpus, true, false)?;
     dataset::gallery(&corpus, "train", 16, &out.join("corpus_gallery.png"))?;
     dataset::style(&out.join("style")).await?;
-    // Until the index and generator land, the scoring step scores the reference samples
-    // against a prediction set built from them: each sample's extrudes scaled by 1.5.
-    let samples = reference::samples();
-    let row = |id: &str, code: &str| serde_json::json!({"id": id, "code": code}).to_string();
-    let gt: Vec<String> = samples
-        .iter()
-        .map(|s| row(&s.deepcad_id, &s.cadquery))
-        .collect();
-    let pred: Vec<String> = samples
-        .iter()
-        .map(|s| row(&s.deepcad_id, &reference::scale_extrudes(&s.cadquery, 1.5)))
-        .collect();
-    let gt_path = out.join("gt.jsonl");
-    let pred_path = out.join("pred.jsonl");
-    std::fs::write(&gt_path, gt.join("\n") + "\n")?;
-    std::fs::write(&pred_path, pred.join("\n") + "\n")?;
-    eprintln!(
-        "demo: scoring {} -> {}",
-        pred_path.display(),
-        gt_path.display()
-    );
-    score(ScoreArgs {
-        gt: gt_path,
-        pred: pred_path,
-        protocol: ProtocolArg::All,
-        json: false,
-        per_item: Some(out.join("per_item.jsonl")),
-        resume: false,
-        pool: PoolArgs::default(),
-    })
+    // Retrieval: index the train split with the pixel baseline encoder, answer one test
+    // image with its nearest neighbour's code, and score the test split retrieval-only.
+    let (c, index) = (corpus.display().to_string(), out.join("index"));
+    let i = index.display().to_string();
+    eprintln!("demo: indexing the train split into {i}");
+    demo_step(&[
+        "index",
+        "build",
+        "--corpus",
+        &c,
+        "--encoder",
+        "pixel",
+        "--out",
+        &i,
+    ])
+    .await?;
+    let query = out.join("query.png");
+    let first_test = indexer::corpus::CorpusReader::open(&corpus)?
+        .rows(indexer::corpus::Split::Test)
+        .next()
+        .context("the demo corpus has no test rows")??;
+    first_test.decode_image()?.save(&query)?;
+    let q = query.display().to_string();
+    let code = out.join("generated.py").display().to_string();
+    eprintln!("demo: generating code for {q} (retrieval only) into {code}");
+    demo_step(&[
+        "generate",
+        &q,
+        "--index",
+        &i,
+        "--retrieval-only",
+        "--out",
+        &code,
+    ])
+    .await?;
+    eprintln!("demo: evaluating the test split, retrieval only");
+    demo_step(&[
+        "eval",
+        "--corpus",
+        &c,
+        "--split",
+        "test",
+        "--index",
+        &i,
+        "--mode",
+        "retrieval",
+    ])
     .await
+}
+
+/// Runs one `rag` command line as part of the demo; a failing step stops it.
+async fn demo_step(args: &[&str]) -> Result<ExitCode> {
+    let cli = Cli::try_parse_from(std::iter::once("rag").chain(args.iter().copied()))?;
+    let code = Box::pin(run(cli)).await?;
+    if code != ExitCode::SUCCESS {
+        bail!("demo: `rag {}` failed", args.join(" "));
+    }
+    Ok(code)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -424,6 +465,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => dataset::bench_synth(n, pool).await,
         Command::Render { code, out, size } => dataset::render(&code, &out, size).await,
         Command::Dataset { what } => dataset::dataset(what).await,
+        Command::Index { what } => retrieval::index(what).await,
+        Command::Search(args) => retrieval::search(args).await,
+        Command::Generate(args) => retrieval::generate(args).await,
+        Command::Eval(args) => retrieval::eval(args).await,
+        Command::Bench {
+            what: BenchWhat::Index(args),
+        } => retrieval::bench_index(args).await,
         Command::Demo { out } => demo(out).await,
     }
 }

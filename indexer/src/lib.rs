@@ -1,5 +1,7 @@
-//! Corpus readers and writers, the synthetic GenCAD corpus, and (later) CLIP and index building.
+//! Corpus readers and writers, the synthetic GenCAD corpus, image encoders and index building.
 
 pub mod corpus;
 pub mod dialect;
+pub mod encoder;
+pub mod index;
 pub mod synth;

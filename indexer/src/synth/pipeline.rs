@@ -647,9 +647,18 @@ mod tests {
     fn filters_reject_what_the_dataset_would_not_hold() {
         let cube = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0];
         assert!(check(execution(1, true, cube, 1.0)).is_ok());
-        assert_eq!(check(execution(2, true, cube, 1.0)).err(), Some("multi_solid"));
-        assert_eq!(check(execution(1, false, cube, 1.0)).err(), Some("invalid_brep"));
-        assert_eq!(check(execution(1, true, cube, 0.0)).err(), Some("zero_volume"));
+        assert_eq!(
+            check(execution(2, true, cube, 1.0)).err(),
+            Some("multi_solid")
+        );
+        assert_eq!(
+            check(execution(1, false, cube, 1.0)).err(),
+            Some("invalid_brep")
+        );
+        assert_eq!(
+            check(execution(1, true, cube, 0.0)).err(),
+            Some("zero_volume")
+        );
         let foil = [0.0, 0.0, 0.0, 1.0, 1.0, 0.002];
         assert_eq!(check(execution(1, true, foil, 0.002)).err(), Some("sliver"));
         let failed = Execution::failed(Status::Timeout, "killed");
@@ -659,12 +668,26 @@ mod tests {
     #[test]
     fn signatures_ignore_size_but_not_shape() {
         let props = |s: f64, fill: f64| {
-            let e = execution(1, true, [0.0, 0.0, 0.0, s, 2.0 * s, 0.5 * s], fill * s * s * s);
+            let e = execution(
+                1,
+                true,
+                [0.0, 0.0, 0.0, s, 2.0 * s, 0.5 * s],
+                fill * s * s * s,
+            );
             e.props.unwrap()
         };
-        assert_eq!(shape_signature(props(1.0, 0.9), 12), shape_signature(props(3.0, 0.9), 12));
-        assert_ne!(shape_signature(props(1.0, 0.9), 12), shape_signature(props(1.0, 0.5), 12));
-        assert_ne!(shape_signature(props(1.0, 0.9), 12), shape_signature(props(1.0, 0.9), 13));
+        assert_eq!(
+            shape_signature(props(1.0, 0.9), 12),
+            shape_signature(props(3.0, 0.9), 12)
+        );
+        assert_ne!(
+            shape_signature(props(1.0, 0.9), 12),
+            shape_signature(props(1.0, 0.5), 12)
+        );
+        assert_ne!(
+            shape_signature(props(1.0, 0.9), 12),
+            shape_signature(props(1.0, 0.9), 13)
+        );
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! Image encoders: one trait ([`ImageEncoder`]) so the index builder, the retriever and the
+//! evaluation do not care which model turns an image into a vector.
+//!
+//! Implementations: [`PixelEncoder`], the pixel-space baseline (now); pretrained HF CLIP and
+//! our small CLIP (later: `--encoder PATH` is parsed already and refused with a clear message).
+
+mod pixel;
+
+use std::path::{Path, PathBuf};
+
+pub use pixel::{PixelEncoder, PIXEL_DEFAULT_SIDE};
+
+/// Errors of choosing an encoder, reading a query image or embedding it.
+#[derive(Debug, thiserror::Error)]
+pub enum EncoderError {
+    /// An encoder spec that is neither `pixel`, `pixel-N` nor an existing path.
+    #[error("unknown encoder `{0}`: expected `pixel`, `pixel-N` (N = 8..128) or a CLIP checkpoint folder")]
+    UnknownSpec(String),
+    /// A CLIP checkpoint path was given; CLIP is not built yet, so we say so instead of guessing.
+    #[error("{}: CLIP checkpoints are not supported yet (use --encoder pixel)", .0.display())]
+    ClipNotSupported(PathBuf),
+    /// The image file could not be read from disk.
+    #[error("{}: cannot read image: {source}", path.display())]
+    ReadImage {
+        /// The image file.
+        path: PathBuf,
+        /// The io error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a decodable PNG/JPEG.
+    #[error("{}: not a readable PNG/JPEG image: {source}", path.display())]
+    DecodeImage {
+        /// The image file.
+        path: PathBuf,
+        /// What the decoder said.
+        #[source]
+        source: image::ImageError,
+    },
+    /// The image is uniform (no part drawn), so it has no direction to compare by.
+    #[error("the image is blank (one uniform colour): nothing to embed")]
+    Blank,
+    /// An image with zero width or height.
+    #[error("the image is empty ({width}x{height})")]
+    Empty {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
+}
+
+/// The identity of an encoder as written in an index manifest, so an index is never searched
+/// with vectors from another model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EncoderIdentity {
+    /// Short name, e.g. `pixel-32` (or later `clip-small@<hash>`).
+    pub id: String,
+    /// The settings that shape the vectors (JSON), for humans and for rebuilding the encoder.
+    pub config: serde_json::Value,
+    /// FNV-1a 64 hex of the id + config (and later the weights): equal hashes, equal vectors.
+    pub hash: String,
+    /// Vector length.
+    pub dims: usize,
+}
+
+/// Turns RGB images into L2-normalised vectors whose dot product is the cosine similarity.
+pub trait ImageEncoder: Send + Sync {
+    /// The identity written into manifests and checked when an index is loaded.
+    fn identity(&self) -> EncoderIdentity;
+
+    /// Vector length.
+    fn dims(&self) -> usize;
+
+    /// Embeds one image of any size (the encoder resizes); the result has norm ~1
+    /// ([`normalise_unit`]).
+    fn encode(&self, image: &image::RgbImage) -> Result<Vec<f32>, EncoderError>;
+
+    /// Embeds a batch, one result per image (a bad image fails alone); the default runs
+    /// [`ImageEncoder::encode`] on all cores, model encoders override it with real batching.
+    fn encode_batch(&self, images: &[image::RgbImage]) -> Vec<Result<Vec<f32>, EncoderError>> {
+        parallel_map(images, |img| self.encode(img))
+    }
+}
+
+/// Maps `f` over `items` on all cores with scoped threads, keeping order (no thread pool crate
+/// needed for this embarrassingly parallel, CPU-bound work).
+pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len().max(1));
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("encoder threads do not panic"))
+            .collect()
+    })
+}
+
+/// Builds the encoder named on the command line: `pixel` / `pixel-N`, or a checkpoint path
+/// (refused for now with [`EncoderError::ClipNotSupported`]).
+pub fn encoder_from_spec(spec: &str) -> Result<Box<dyn ImageEncoder>, EncoderError> {
+    let s = spec.trim();
+    if s == "pixel" {
+        return Ok(Box::new(PixelEncoder::new(PIXEL_DEFAULT_SIDE)));
+    }
+    if let Some(n) = s.strip_prefix("pixel-") {
+        return match n.parse::<u32>() {
+            Ok(side) if (8..=128).contains(&side) => Ok(Box::new(PixelEncoder::new(side))),
+            _ => Err(EncoderError::UnknownSpec(spec.to_string())),
+        };
+    }
+    let path = Path::new(s);
+    if path.exists() {
+        return Err(EncoderError::ClipNotSupported(path.to_path_buf()));
+    }
+    Err(EncoderError::UnknownSpec(spec.to_string()))
+}
+
+/// Rebuilds the encoder a manifest names, so `rag search` needs no `--encoder` flag.
+pub fn encoder_from_identity(
+    identity: &EncoderIdentity,
+) -> Result<Box<dyn ImageEncoder>, EncoderError> {
+    encoder_from_spec(&identity.id)
+}
+
+/// Reads a query image from disk as RGB: grey and RGBA inputs are converted (alpha composited
+/// over white, the GenCAD background) and any size is accepted; unreadable files are errors.
+pub fn load_image(path: &Path) -> Result<image::RgbImage, EncoderError> {
+    let bytes = std::fs::read(path).map_err(|source| EncoderError::ReadImage {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let img = image::load_from_memory(&bytes).map_err(|source| EncoderError::DecodeImage {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(to_rgb_on_white(&img))
+}
+
+/// Converts any decoded image to RGB8, compositing transparent pixels over white.
+pub fn to_rgb_on_white(img: &image::DynamicImage) -> image::RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba = img.to_rgba8();
+    let mut out = image::RgbImage::new(rgba.width(), rgba.height());
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = f32::from(p.0[3]) / 255.0;
+        for c in 0..3 {
+            o.0[c] = (f32::from(p.0[c]) * a + 255.0 * (1.0 - a)).round() as u8;
+        }
+    }
+    out
+}
+
+/// Shrink applied after L2 normalisation: hnsw_rs's SIMD dot distance asserts dot <= 1 + 2e-6,
+/// which f32 rounding over ~1000 terms can exceed for a vector with itself.
+pub const UNIT_SHRINK: f32 = 1.0 - 1e-5;
+
+/// Scales `v` to norm [`UNIT_SHRINK`] (norm computed in f64); false when `v` is ~zero and
+/// has no direction.
+pub fn normalise_unit(v: &mut [f32]) -> bool {
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if norm.is_nan() || norm <= 1e-9 {
+        return false;
+    }
+    let k = (f64::from(UNIT_SHRINK) / norm) as f32;
+    v.iter_mut().for_each(|x| *x *= k);
+    true
+}
+
+/// FNV-1a 64 over bytes: a tiny, dependency-free content hash for manifests.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h = Fnv1a64::new();
+    h.update(bytes);
+    h.finish()
+}
+
+/// Streaming FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a64(u64);
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fnv1a64 {
+    /// A fresh hasher at the FNV offset basis.
+    pub fn new() -> Self {
+        Fnv1a64(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// Feeds a length-prefixed string, so ("ab","c") and ("a","bc") hash differently.
+    pub fn update_str(&mut self, s: &str) {
+        self.update(&(s.len() as u64).to_le_bytes());
+        self.update(s.as_bytes());
+    }
+
+    /// The hash so far.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_matches_the_published_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn specs_parse_and_clip_paths_are_refused_clearly() {
+        assert_eq!(
+            encoder_from_spec("pixel").unwrap().identity().id,
+            "pixel-32"
+        );
+        assert_eq!(encoder_from_spec("pixel-16").unwrap().dims(), 256);
+        assert!(matches!(
+            encoder_from_spec("pixel-2"),
+            Err(EncoderError::UnknownSpec(_))
+        ));
+        assert!(matches!(
+            encoder_from_spec("no-such-thing"),
+            Err(EncoderError::UnknownSpec(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let err = encoder_from_spec(dir.path().to_str().unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("CLIP checkpoints are not supported yet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rgba_is_composited_over_white_and_grey_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.png");
+        let mut rgba = image::RgbaImage::from_pixel(10, 10, image::Rgba([0, 0, 0, 0]));
+        rgba.put_pixel(5, 5, image::Rgba([10, 20, 30, 255]));
+        rgba.save(&p).unwrap();
+        let img = load_image(&p).unwrap();
+        assert_eq!(img.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(img.get_pixel(5, 5).0, [10, 20, 30]);
+        let g = dir.path().join("g.png");
+        image::GrayImage::from_pixel(7, 5, image::Luma([90]))
+            .save(&g)
+            .unwrap();
+        assert_eq!(load_image(&g).unwrap().get_pixel(1, 1).0, [90, 90, 90]);
+    }
+
+    #[test]
+    fn unreadable_images_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.png");
+        let e = load_image(&missing).unwrap_err().to_string();
+        assert!(
+            e.contains("missing.png") && e.contains("cannot read"),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.png");
+        std::fs::write(&junk, b"not an image").unwrap();
+        let e = load_image(&junk).unwrap_err().to_string();
+        assert!(
+            e.contains("junk.png") && e.contains("not a readable"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn parallel_map_keeps_order() {
+        let v: Vec<usize> = (0..101).collect();
+        assert_eq!(
+            parallel_map(&v, |x| x * 2),
+            (0..101).map(|x| x * 2).collect::<Vec<_>>()
+        );
+        assert!(parallel_map(&Vec::<usize>::new(), |x| *x).is_empty());
+    }
+}

@@ -1,0 +1,714 @@
+//! The retrieval commands: `index build`, `search`, `generate --retrieval-only`,
+//! `eval --mode retrieval` and `bench index`. Thin: the work is in the indexer and retriever.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use evaluator::score::score_pair;
+use evaluator::{CodeText, PairInput, Protocols, Summary};
+use indexer::corpus::{CorpusReader, Split};
+use indexer::encoder::{encoder_from_spec, normalise_unit, parallel_map, to_rgb_on_white, Fnv1a64};
+use indexer::index::hnsw::{build_graph, dump_graph, HnswParams};
+use indexer::index::{build_index, BuildOptions};
+use retriever::{resident_bytes, ExactIndex, HnswIndex, Retriever, VectorIndex};
+
+use crate::{fmt_opt, print_table, progress_bar, start_pool, PoolArgs};
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Embed a corpus split and write an index folder (HNSW + tantivy + code store + manifest).
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Corpus folder (GenCAD parquet, our synthetic output, or <id>.png + jsonl).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Image encoder: `pixel` (the pixel-space baseline, `pixel-N` for N x N) or a CLIP
+    /// checkpoint folder (not supported yet).
+    #[arg(long)]
+    encoder: String,
+    /// Index folder to create or replace atomically (e.g. indices/NAME).
+    #[arg(long)]
+    out: PathBuf,
+    /// Split to index.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Index only the first N rows of the split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Images decoded and embedded per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Print the build report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Query image (PNG/JPEG, any size; grey and RGBA are converted).
+    image: PathBuf,
+    /// Index folder.
+    #[arg(long)]
+    index: PathBuf,
+    /// Neighbours to return.
+    #[arg(short, long, default_value_t = 5)]
+    k: usize,
+    /// Only neighbours whose code uses this dialect token (cut, union, circle,
+    /// threePointArc, both, ...); repeat for several.
+    #[arg(long)]
+    require: Vec<String>,
+    /// Query encoder; default: the one the index was built with. A different one is refused.
+    #[arg(long)]
+    encoder: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Query image.
+    image: PathBuf,
+    /// Index folder.
+    #[arg(long)]
+    index: PathBuf,
+    /// Answer with the nearest neighbour's code (the only mode until the generator lands).
+    #[arg(long)]
+    retrieval_only: bool,
+    /// Only neighbours whose code uses this dialect token; repeat for several.
+    #[arg(long)]
+    require: Vec<String>,
+    /// Write the code here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum EvalMode {
+    /// The top-1 neighbour's code is the prediction.
+    Retrieval,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Corpus folder holding the queries and their ground truth.
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Split whose rows are the queries.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Index folder.
+    #[arg(long)]
+    index: PathBuf,
+    #[arg(long, value_enum)]
+    mode: EvalMode,
+    /// Evaluate only the first N rows of the split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Write one JSON row per query (neighbour, score, status, IoUs) to this file.
+    #[arg(long)]
+    per_item: Option<PathBuf>,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+#[derive(Args)]
+pub struct BenchIndexArgs {
+    /// Real corpus: its train split gives the build throughput and the vectors whose
+    /// distribution the synthetic ones follow.
+    #[arg(long, default_value = "data/synth-20k")]
+    corpus: PathBuf,
+    /// Encoder for the real vectors.
+    #[arg(long, default_value = "pixel")]
+    encoder: String,
+    /// Real rows to index (build throughput and seed vectors).
+    #[arg(long, default_value_t = 2000)]
+    build_rows: usize,
+    /// Synthetic vectors in the benchmark index.
+    #[arg(long, default_value_t = 150_000)]
+    n: usize,
+    /// Vector lengths to benchmark (0 = the encoder's own); comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    dims: Vec<usize>,
+    /// Queries (fresh synthetic vectors, not in the index).
+    #[arg(long, default_value_t = 300)]
+    queries: usize,
+    /// HNSW ef_search values to report (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "32,64,128")]
+    ef: Vec<usize>,
+}
+
+pub async fn index(cmd: IndexCommand) -> Result<ExitCode> {
+    match cmd {
+        IndexCommand::Build(args) => index_build(args).await,
+    }
+}
+
+async fn index_build(args: BuildArgs) -> Result<ExitCode> {
+    let split: Split = args.split.parse()?;
+    let encoder = encoder_from_spec(&args.encoder)?;
+    let opts = BuildOptions {
+        corpus: args.corpus.clone(),
+        split,
+        out: args.out.clone(),
+        limit: args.limit,
+        batch: args.batch,
+        hnsw: HnswParams::default(),
+    };
+    let report = tokio::task::spawn_blocking(move || {
+        let bar = progress_bar(0);
+        let r = build_index(&opts, encoder.as_ref(), &bar);
+        bar.finish_and_clear();
+        r
+    })
+    .await?
+    .with_context(|| format!("building {}", args.out.display()))?;
+    for m in &report.skip_messages {
+        eprintln!("warning: {m}");
+    }
+    if report.skipped > report.skip_messages.len() {
+        eprintln!(
+            "warning: {} more rows skipped",
+            report.skipped - report.skip_messages.len()
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("index          {}", report.out.display());
+        println!(
+            "vectors        {} ({} rows skipped)",
+            report.vectors, report.skipped
+        );
+        println!(
+            "seconds        {:.2} (embed {:.2}, hnsw {:.2}, write {:.2})",
+            report.seconds, report.embed_seconds, report.hnsw_seconds, report.write_seconds
+        );
+        println!("images/s       {:.1}", report.images_per_second);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_retriever(index: &Path, encoder: Option<&str>) -> Result<Retriever> {
+    let encoder = encoder.map(encoder_from_spec).transpose()?;
+    Retriever::load(index, encoder).with_context(|| format!("loading index {}", index.display()))
+}
+
+pub async fn search(args: SearchArgs) -> Result<ExitCode> {
+    let retriever = load_retriever(&args.index, args.encoder.as_deref())?;
+    let set = retriever.search_path(&args.image, args.k, &args.require)?;
+    if args.json {
+        let v = serde_json::json!({
+            "image": args.image.display().to_string(),
+            "index": args.index.display().to_string(),
+            "encoder": retriever.manifest().encoder.id,
+            "neighbours": set.neighbours,
+            "embed_ms": set.embed_seconds * 1e3,
+            "search_ms": set.search_seconds * 1e3,
+        });
+        println!("{v}");
+    } else {
+        println!("{:>4} {:>8}  id", "rank", "score");
+        for n in &set.neighbours {
+            println!("{:>4} {:>8.4}  {}", n.rank, n.score, n.id);
+        }
+        if set.neighbours.is_empty() {
+            println!("(no neighbour matches the filter)");
+        }
+        eprintln!(
+            "embed {:.2} ms, search {:.3} ms",
+            set.embed_seconds * 1e3,
+            set.search_seconds * 1e3
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
+    if !args.retrieval_only {
+        bail!("the code generator is not built yet: pass --retrieval-only to answer with the nearest neighbour's code");
+    }
+    let retriever = load_retriever(&args.index, None)?;
+    let set = retriever.search_path(&args.image, 1, &args.require)?;
+    let Some(best) = set.neighbours.first() else {
+        bail!(
+            "no neighbour in {} matches the filter",
+            args.index.display()
+        );
+    };
+    eprintln!("nearest neighbour {} (score {:.4})", best.id, best.score);
+    match &args.out {
+        Some(out) => {
+            std::fs::write(out, &best.code)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", out.display());
+        }
+        None => print!("{}", best.code),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Code with comments and all whitespace removed: two programs are the same shape when
+/// these are equal (our dialect has no other spelling freedom that keeps the shape).
+fn normalise_code(code: &str) -> String {
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+        .collect()
+}
+
+fn code_key(code: &str) -> u64 {
+    let mut h = Fnv1a64::new();
+    h.update(normalise_code(code).as_bytes());
+    h.finish()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    Some(sorted[rank.min(sorted.len() - 1)])
+}
+
+pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
+    let EvalMode::Retrieval = args.mode;
+    let split: Split = args.split.parse()?;
+    let t = Instant::now();
+    let retriever = load_retriever(&args.index, None)?;
+    let load_seconds = t.elapsed().as_secs_f64();
+    let reader = CorpusReader::open(&args.corpus)?;
+    let available = reader.num_rows(split);
+    let total = args.limit.map_or(available, |l| l.min(available));
+    if total == 0 {
+        bail!("{}: split {split} has no rows", args.corpus.display());
+    }
+    let in_index: HashSet<u64> = retriever
+        .store()
+        .iter()
+        .map(|e| code_key(&e.code))
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    let mut with_match = 0usize;
+    let mut hits = [0usize; 3];
+    let mut rows = Vec::with_capacity(total);
+    let mut inputs = Vec::with_capacity(total);
+    for row in reader.rows(split).take(total) {
+        let row = row?;
+        let gt = CodeText::Utf8(row.cadquery.clone());
+        let image = image::load_from_memory(&row.image_png).map(|i| to_rgb_on_white(&i));
+        let (pred, neighbour, score) = match image {
+            Ok(img) => match retriever.search_image(&img, 10, &[]) {
+                Ok(set) => {
+                    latencies.push(set.embed_seconds + set.search_seconds);
+                    let key = code_key(&row.cadquery);
+                    if in_index.contains(&key) {
+                        with_match += 1;
+                        for (h, k) in hits.iter_mut().zip([1usize, 5, 10]) {
+                            if set
+                                .neighbours
+                                .iter()
+                                .take(k)
+                                .any(|n| code_key(&n.code) == key)
+                            {
+                                *h += 1;
+                            }
+                        }
+                    }
+                    match set.neighbours.first() {
+                        Some(n) => (
+                            Some(CodeText::Utf8(n.code.clone())),
+                            Some(n.id.clone()),
+                            Some(n.score),
+                        ),
+                        None => (None, None, None),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{} (id {}): {e}", row.origin, row.deepcad_id);
+                    (None, None, None)
+                }
+            },
+            Err(e) => {
+                tracing::warn!(
+                    "{} (id {}): image does not decode: {e}",
+                    row.origin,
+                    row.deepcad_id
+                );
+                (None, None, None)
+            }
+        };
+        let input = PairInput {
+            id: row.deepcad_id.clone(),
+            gt,
+            pred,
+        };
+        rows.push((neighbour, score));
+        inputs.push(input);
+    }
+    // Scoring starts after every query is answered, so latencies are not measured against
+    // CadQuery workers competing for the cores.
+    let pool = start_pool(&args.pool).await?;
+    let bar = progress_bar(total as u64);
+    let mut handles = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let pool = pool.clone();
+        handles.push(tokio::spawn(async move {
+            score_pair(&pool, input, Protocols::ALL).await
+        }));
+    }
+    let mut items = Vec::with_capacity(handles.len());
+    for h in handles {
+        items.push(h.await?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if let Some(path) = &args.per_item {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?,
+        );
+        for (item, (neighbour, score)) in items.iter().zip(&rows) {
+            let mut v = serde_json::to_value(item)?;
+            v["neighbour_id"] = serde_json::json!(neighbour);
+            v["neighbour_score"] = serde_json::json!(score);
+            writeln!(f, "{v}")?;
+        }
+        f.flush()?;
+    }
+    let summary = Summary::of(&items, t.elapsed().as_secs_f64());
+    latencies.sort_by(f64::total_cmp);
+    let p50 = percentile(&latencies, 50.0).map(|s| s * 1e3);
+    let p95 = percentile(&latencies, 95.0).map(|s| s * 1e3);
+    let scores: Vec<f32> = rows.iter().filter_map(|r| r.1).collect();
+    let mean_score =
+        (!scores.is_empty()).then(|| scores.iter().sum::<f32>() as f64 / scores.len() as f64);
+    let recall = |h: usize| (with_match > 0).then(|| h as f64 / with_match as f64);
+    let recall_note = if with_match == 0 {
+        "n/a: no query has an exact-shape match (same normalised code) in the index"
+    } else {
+        "over queries whose normalised code also occurs in the index"
+    };
+    if args.json {
+        let mut v = summary.to_json(Protocols::ALL);
+        v["mode"] = "retrieval".into();
+        v["index"] = args.index.display().to_string().into();
+        v["encoder"] = retriever.manifest().encoder.id.clone().into();
+        v["split"] = split.as_str().into();
+        v["index_vectors"] = retriever.store().len().into();
+        v["index_load_seconds"] = load_seconds.into();
+        v["top1_score_mean"] = serde_json::json!(mean_score);
+        v["latency_ms"] = serde_json::json!({"p50": p50, "p95": p95, "queries": latencies.len()});
+        v["recall"] = serde_json::json!({
+            "queries_with_exact_match": with_match,
+            "at_1": recall(hits[0]),
+            "at_5": recall(hits[1]),
+            "at_10": recall(hits[2]),
+            "note": recall_note,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "retrieval-only on {} {} ({} queries), index {} ({} vectors, encoder {}, loaded in {:.3} s)",
+            args.corpus.display(),
+            split,
+            total,
+            args.index.display(),
+            retriever.store().len(),
+            retriever.manifest().encoder.id,
+            load_seconds
+        );
+        print_table(&summary, Protocols::ALL);
+        println!("top-1 score    {} (mean cosine)", fmt_opt(mean_score));
+        println!(
+            "latency        p50 {} ms, p95 {} ms per query (embed + search)",
+            fmt_opt(p50),
+            fmt_opt(p95)
+        );
+        if with_match == 0 {
+            println!("recall@1/5/10  {recall_note}");
+        } else {
+            println!(
+                "recall@1/5/10  {} / {} / {} ({with_match} queries {recall_note})",
+                fmt_opt(recall(hits[0])),
+                fmt_opt(recall(hits[1])),
+                fmt_opt(recall(hits[2]))
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tiny deterministic PRNG (SplitMix64) for the synthetic benchmark vectors.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f32 {
+        let u1 = self.unit().max(1e-7);
+        let u2 = self.unit();
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+fn normalise(v: &mut [f32]) {
+    normalise_unit(v);
+}
+
+/// Real vectors projected to `dims` by a fixed random Gaussian matrix (identity when equal).
+fn project(real: &[Vec<f32>], dims: usize, rng: &mut SplitMix) -> Vec<Vec<f32>> {
+    let d0 = real.first().map_or(0, |v| v.len());
+    if dims == d0 {
+        return real.to_vec();
+    }
+    let m: Vec<f32> = (0..dims * d0).map(|_| rng.normal()).collect();
+    real.iter()
+        .map(|v| {
+            let mut out: Vec<f32> = (0..dims)
+                .map(|r| {
+                    m[r * d0..(r + 1) * d0]
+                        .iter()
+                        .zip(v)
+                        .map(|(a, b)| a * b)
+                        .sum()
+                })
+                .collect();
+            normalise(&mut out);
+            out
+        })
+        .collect()
+}
+
+/// Synthetic vectors following the real ones: a random real vector moved part of the way
+/// (0-50%) towards another random real vector, plus isotropic noise at ~0.2 of its norm,
+/// renormalised; fills the space between real embeddings without duplicating them.
+fn synthesise(base: &[Vec<f32>], n: usize, rng: &mut SplitMix) -> Vec<Vec<f32>> {
+    let dims = base[0].len();
+    let sigma = 0.2 / (dims as f32).sqrt();
+    (0..n)
+        .map(|_| {
+            let a = &base[rng.below(base.len())];
+            let b = &base[rng.below(base.len())];
+            let t = 0.5 * rng.unit();
+            let mut v: Vec<f32> = a.iter().zip(b).map(|(x, y)| x + t * (y - x)).collect();
+            v.iter_mut().for_each(|x| *x += sigma * rng.normal());
+            normalise(&mut v);
+            v
+        })
+        .collect()
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| {
+        format!("{:.1}", b as f64 / (1u64 << 20) as f64)
+    })
+}
+
+fn rss_delta(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    Some(after?.saturating_sub(before?))
+}
+
+pub async fn bench_index(args: BenchIndexArgs) -> Result<ExitCode> {
+    tokio::task::spawn_blocking(move || bench_index_blocking(&args)).await?
+}
+
+fn bench_index_blocking(args: &BenchIndexArgs) -> Result<ExitCode> {
+    let tmp = std::env::temp_dir().join(format!("cadrag-bench-index-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = bench_index_in(args, &tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn bench_index_in(args: &BenchIndexArgs, tmp: &Path) -> Result<ExitCode> {
+    let cores = crate::cores();
+    // 1. `index build` on the real corpus: throughput, load time, memory.
+    let encoder = encoder_from_spec(&args.encoder)?;
+    let real_dir = tmp.join("real");
+    let opts = BuildOptions {
+        corpus: args.corpus.clone(),
+        split: Split::Train,
+        out: real_dir.clone(),
+        limit: Some(args.build_rows),
+        batch: 64,
+        hnsw: HnswParams::default(),
+    };
+    let bar = progress_bar(0);
+    let report = build_index(&opts, encoder.as_ref(), &bar).with_context(|| {
+        format!(
+            "building a {}-row index of {}",
+            args.build_rows,
+            args.corpus.display()
+        )
+    })?;
+    bar.finish_and_clear();
+    let rss0 = resident_bytes();
+    let t = Instant::now();
+    let retriever = Retriever::load(&real_dir, None)?;
+    let real_load = t.elapsed().as_secs_f64();
+    let real_rss = rss_delta(rss0, resident_bytes());
+    let index = retriever.index();
+    let real: Vec<Vec<f32>> = (0..index.len())
+        .filter_map(|i| index.vector(i).map(|v| v.to_vec()))
+        .collect();
+    println!(
+        "bench index: {} cores; encoder {} ({} dims)",
+        cores,
+        retriever.manifest().encoder.id,
+        retriever.manifest().dims
+    );
+    println!(
+        "  index build (real)   {} rows of {} train in {:.2} s: {:.1} images/s (embed {:.2} s, hnsw {:.2} s, write {:.2} s)",
+        report.vectors + report.skipped,
+        args.corpus.display(),
+        report.seconds,
+        report.images_per_second,
+        report.embed_seconds,
+        report.hnsw_seconds,
+        report.write_seconds
+    );
+    println!(
+        "  index load (real)    {:.3} s, +{} MiB RSS ({} vectors)",
+        real_load,
+        mib(real_rss),
+        real.len()
+    );
+    drop(retriever);
+
+    // 2. Synthetic vectors from the real ones' distribution: recall vs exact, latency.
+    let mut rng = SplitMix(0x5eed);
+    for &d in &args.dims {
+        let dims = if d == 0 { encoder.dims() } else { d };
+        let base = project(&real, dims, &mut rng);
+        let data = synthesise(&base, args.n, &mut rng);
+        let queries = synthesise(&base, args.queries, &mut rng);
+        let rss_a = resident_bytes();
+        let t = Instant::now();
+        let graph = build_graph(&data, &HnswParams::default());
+        let build_s = t.elapsed().as_secs_f64();
+        let rss_b = resident_bytes();
+        let dir = tmp.join(format!("synthetic-{dims}"));
+        std::fs::create_dir_all(&dir)?;
+        dump_graph(&graph, &dir)?;
+        drop(graph);
+        let rss_c = resident_bytes();
+        let t = Instant::now();
+        let mut hnsw =
+            HnswIndex::load_dump(&dir, data.len(), dims, HnswParams::default().ef_search)?;
+        let load_s = t.elapsed().as_secs_f64();
+        let rss_d = resident_bytes();
+        let exact = ExactIndex::new(&data);
+        drop(data);
+        let truth: Vec<Vec<usize>> = parallel_map(&queries, |q| {
+            exact.search(q, 10, None).into_iter().map(|h| h.0).collect()
+        });
+        let t = Instant::now();
+        let _ = parallel_map(&queries[..queries.len().min(50)], |q| {
+            exact.search(q, 10, None)
+        });
+        let exact_ms =
+            1e3 * t.elapsed().as_secs_f64() / queries.len().min(50) as f64 * cores as f64;
+        println!(
+            "  synthetic {} x {dims}: HNSW M={} ef_construction={} built in {:.1} s ({:.0} vectors/s on {cores} cores), +{} MiB RSS while built; reload {:.2} s, +{} MiB RSS",
+            args.n,
+            HnswParams::default().max_nb_connection,
+            HnswParams::default().ef_construction,
+            build_s,
+            args.n as f64 / build_s,
+            mib(rss_delta(rss_a, rss_b)),
+            load_s,
+            mib(rss_delta(rss_c, rss_d)),
+        );
+        println!("    exact search        {exact_ms:.2} ms/query (one thread)");
+        for &ef in &args.ef {
+            hnsw.set_ef_search(ef);
+            let mut found = 0usize;
+            let mut lat = Vec::with_capacity(queries.len());
+            for (q, want) in queries.iter().zip(&truth) {
+                let t = Instant::now();
+                let got = hnsw.search(q, 10, None);
+                lat.push(t.elapsed().as_secs_f64());
+                found += got.iter().filter(|h| want.contains(&h.0)).count();
+            }
+            lat.sort_by(f64::total_cmp);
+            let recall = found as f64 / (10 * queries.len()) as f64;
+            println!(
+                "    ef_search {ef:>4}: recall@10 vs exact {recall:.4}, query p50 {:.3} ms, p95 {:.3} ms ({} queries, one thread)",
+                percentile(&lat, 50.0).unwrap_or(0.0) * 1e3,
+                percentile(&lat, 95.0).unwrap_or(0.0) * 1e3,
+                queries.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalised_code_ignores_comments_and_whitespace_only() {
+        let a = "import cadquery as cq\n# sketch 0\nsolid = cq.Workplane().box(1, 2, 3)\n";
+        let b = "import cadquery as cq\nsolid=cq.Workplane().box(1,2,3)";
+        let c = "import cadquery as cq\nsolid=cq.Workplane().box(1,2,4)";
+        assert_eq!(code_key(a), code_key(b));
+        assert_ne!(code_key(a), code_key(c));
+    }
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(51.0));
+        assert_eq!(percentile(&v, 95.0), Some(95.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn synthetic_vectors_are_unit_and_near_their_bases() {
+        let mut rng = SplitMix(1);
+        let mut base = vec![vec![0f32; 16]; 4];
+        for (i, b) in base.iter_mut().enumerate() {
+            b[i] = 1.0;
+        }
+        let s = synthesise(&base, 100, &mut rng);
+        for v in &s {
+            let n: f32 = v.iter().map(|x| x * x).sum();
+            assert!((n - 1.0).abs() < 1e-4);
+            let best = base
+                .iter()
+                .map(|b| b.iter().zip(v).map(|(x, y)| x * y).sum::<f32>())
+                .fold(f32::MIN, f32::max);
+            assert!(best > 0.6, "{best}");
+        }
+        let p = project(&base, 8, &mut rng);
+        assert_eq!(p[0].len(), 8);
+    }
+}
