@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use evaluator::render::render_part;
+use evaluator::render::{encode_png, render_part};
 use evaluator::{reference, Wants};
 use indexer::corpus::{CorpusReader, Split};
 use indexer::dialect::DialectStats;
@@ -292,16 +292,7 @@ async fn render_code(
     code: &str,
     size: u32,
 ) -> Result<image::RgbImage> {
-    let exec = pool
-        .exec(
-            code,
-            Wants {
-                mesh: true,
-                edges: true,
-                volume: false,
-            },
-        )
-        .await;
+    let exec = pool.exec(code, Wants::RENDER).await;
     if !exec.is_valid() {
         bail!(
             "the code did not build a solid ({}): {}",
@@ -340,16 +331,7 @@ pub async fn bench_render(repeat: usize) -> Result<ExitCode> {
     let pool = start_pool(&PoolArgs::default()).await?;
     let mut parts = Vec::new();
     for s in reference::samples() {
-        let exec = pool
-            .exec(
-                &s.cadquery,
-                Wants {
-                    mesh: true,
-                    edges: true,
-                    volume: false,
-                },
-            )
-            .await;
+        let exec = pool.exec(&s.cadquery, Wants::RENDER).await;
         match (exec.mesh, exec.edges) {
             (Some(m), Some(e)) => parts.push((m, e)),
             _ => bail!(
@@ -371,10 +353,7 @@ pub async fn bench_render(repeat: usize) -> Result<ExitCode> {
     let secs = start.elapsed().as_secs_f64();
     let start = Instant::now();
     for (m, e) in &parts {
-        let img = render_part(m, e, 448)?;
-        let mut png = Vec::new();
-        image::DynamicImage::ImageRgb8(img)
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        std::hint::black_box(encode_png(render_part(m, e, 448)?)?);
     }
     let with_png = start.elapsed().as_secs_f64() / parts.len() as f64;
     println!("bench render: {n} renders of the 8 reference parts (mean {} triangles), 448x448, one thread", triangles / parts.len());

@@ -1,18 +1,14 @@
 //! End-to-end: the real `rag` binary on small inputs. Scoring needs the CadQuery
 //! environment (`rag setup`); these tests fail, never skip, without it.
 
+mod common;
+
+use common::{rag, stderr};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 const BOX: &str = "import cadquery as cq\nsolid = cq.Workplane('XY').box(1, 2, 3)\n";
 const CYL: &str = "import cadquery as cq\nsolid = cq.Workplane('XY').circle(1).extrude(2)\n";
-
-fn rag(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rag"))
-        .args(args)
-        .output()
-        .expect("rag runs")
-}
 
 fn jsonl(dir: &Path, name: &str, rows: &[(&str, &str)]) -> String {
     let body: String = rows
@@ -22,10 +18,6 @@ fn jsonl(dir: &Path, name: &str, rows: &[(&str, &str)]) -> String {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
     p.display().to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

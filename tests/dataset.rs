@@ -2,22 +2,14 @@
 //! renderer, deterministically, and resumes after Ctrl-C without losing or repeating rows;
 //! `rag dataset info`, `rag render` and bad-input errors. Needs the CadQuery environment.
 
+mod common;
+
+use common::{rag, stderr};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use indexer::corpus::{CorpusReader, Split};
-
-fn rag(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rag"))
-        .args(args)
-        .output()
-        .expect("rag runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// (split, id, code, image bytes) of every row, in reading order.
 fn rows(dir: &Path) -> Vec<(Split, String, String, Vec<u8>)> {
@@ -32,8 +24,11 @@ fn rows(dir: &Path) -> Vec<(Split, String, String, Vec<u8>)> {
     out
 }
 
-fn synth(out: &Path, n: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
+/// `rag dataset synth` with the settings every test here uses (seed 7, 70/10/20 splits,
+/// shards of 6 rows).
+fn synth_command(out: &Path, n: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rag"));
+    c.args([
         "dataset",
         "synth",
         "--n",
@@ -48,16 +43,19 @@ fn synth(out: &Path, n: &str, extra: &[&str]) -> Output {
         "6",
         "--out",
         out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    rag(&args)
+    ]);
+    c
+}
+
+fn synth(out: &Path, n: &str) -> Output {
+    synth_command(out, n).output().expect("rag runs")
 }
 
 #[test]
 fn synth_is_deterministic_readable_and_resumes_after_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let full = tmp.path().join("full");
-    let out = synth(&full, "30", &[]);
+    let out = synth(&full, "30");
     assert!(out.status.success(), "{}", stderr(&out));
     let reference = rows(&full);
     assert_eq!(reference.len(), 30);
@@ -95,29 +93,13 @@ fn synth_is_deterministic_readable_and_resumes_after_ctrl_c() {
     assert_eq!(codes.len(), 30, "no duplicate programs");
 
     // The same command again is a no-op on a complete corpus.
-    let again = synth(&full, "30", &[]);
+    let again = synth(&full, "30");
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(rows(&full), reference);
 
     // Interrupt a second build once it has written a shard, then resume it.
     let part = tmp.path().join("part");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rag"))
-        .args([
-            "dataset",
-            "synth",
-            "--n",
-            "30",
-            "--seed",
-            "7",
-            "--val",
-            "0.1",
-            "--test",
-            "0.2",
-            "--shard-rows",
-            "6",
-            "--out",
-            part.to_str().unwrap(),
-        ])
+    let mut child = synth_command(&part, "30")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -148,7 +130,7 @@ fn synth_is_deterministic_readable_and_resumes_after_ctrl_c() {
         reference[..partial.len()],
         "saved rows are the run's first rows"
     );
-    let resumed = synth(&part, "30", &[]);
+    let resumed = synth(&part, "30");
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert_eq!(
         rows(&part),
@@ -157,7 +139,7 @@ fn synth_is_deterministic_readable_and_resumes_after_ctrl_c() {
     );
 
     // Other settings on the same folder are refused rather than mixed in.
-    let clash = synth(&part, "40", &[]);
+    let clash = synth(&part, "40");
     assert!(!clash.status.success());
     assert!(
         stderr(&clash).contains("synth-state.json"),
@@ -239,7 +221,7 @@ fn dataset_commands_name_the_bad_input() {
     );
 
     // A folder with someone else's shards is not a place to synthesise into.
-    let foreign = synth(tmp.path(), "5", &[]);
+    let foreign = synth(tmp.path(), "5");
     assert!(!foreign.status.success());
     assert!(
         stderr(&foreign).contains("already holds parquet shards"),

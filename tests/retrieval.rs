@@ -2,20 +2,28 @@
 //! --retrieval-only`, `rag eval --mode retrieval`, and every error path the issue lists.
 //! Needs the CadQuery environment (the corpus is synthesised and scored through it).
 
+mod common;
+
+use common::{rag, stderr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use indexer::corpus::{CorpusReader, Split};
 
-fn rag(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rag"))
-        .args(args)
-        .output()
-        .expect("rag runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// `rag index build` of a corpus's train split with the pixel encoder, plus `extra` flags.
+fn pixel_index(corpus: &Path, index: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "index",
+        "build",
+        "--corpus",
+        s(corpus),
+        "--encoder",
+        "pixel",
+        "--out",
+        s(index),
+    ];
+    args.extend_from_slice(extra);
+    rag(&args)
 }
 
 fn ok_json(o: &Output) -> serde_json::Value {
@@ -91,17 +99,7 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
 
     // Build.
     let index = tmp.path().join("indices").join("pix");
-    let build = ok_json(&rag(&[
-        "index",
-        "build",
-        "--corpus",
-        s(&corpus),
-        "--encoder",
-        "pixel",
-        "--out",
-        s(&index),
-        "--json",
-    ]));
+    let build = ok_json(&pixel_index(&corpus, &index, &["--json"]));
     assert_eq!(build["vectors"], train.len());
     assert_eq!(build["skipped"], 0);
     assert!(build["images_per_second"].as_f64().unwrap() > 0.0);
@@ -347,19 +345,7 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
     );
 
     // Rebuilding into the same folder replaces it whole and leaves nothing beside it.
-    let again = ok_json(&rag(&[
-        "index",
-        "build",
-        "--corpus",
-        s(&corpus),
-        "--encoder",
-        "pixel",
-        "--out",
-        s(&index),
-        "--limit",
-        "5",
-        "--json",
-    ]));
+    let again = ok_json(&pixel_index(&corpus, &index, &["--limit", "5", "--json"]));
     assert_eq!(again["vectors"], 5);
     let left: Vec<PathBuf> = std::fs::read_dir(index.parent().unwrap())
         .unwrap()
@@ -369,18 +355,7 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
     let v = ok_json(&search(&index, &query, &["-k", "10"]));
     assert_eq!(v["neighbours"].as_array().unwrap().len(), 5);
     // A failed rebuild (unknown split rows: empty) leaves the old index usable.
-    let empty_split = rag(&[
-        "index",
-        "build",
-        "--corpus",
-        s(&corpus),
-        "--encoder",
-        "pixel",
-        "--out",
-        s(&index),
-        "--limit",
-        "0",
-    ]);
+    let empty_split = pixel_index(&corpus, &index, &["--limit", "0"]);
     fails_with(&empty_split, "no usable rows");
     assert!(search(&index, &query, &[]).status.success());
 }

@@ -187,19 +187,7 @@ impl Frame {
             u_lo = u_lo.min(u);
             u_hi = u_hi.max(u);
         }
-        let k = f64::from(size) / f64::from(GENCAD_SIZE);
-        let (w, h) = (r_hi - r_lo, u_hi - u_lo);
-        let by_w = if w > 0.0 {
-            FIT_WIDTH * k / w
-        } else {
-            f64::INFINITY
-        };
-        let by_h = if h > 0.0 {
-            FIT_HEIGHT * k / h
-        } else {
-            f64::INFINITY
-        };
-        let s = by_w.min(by_h);
+        let s = fit_scale(r_hi - r_lo, u_hi - u_lo, size);
         let (mr, mu) = (0.5 * (r_lo + r_hi), 0.5 * (u_lo + u_hi));
         if !(s.is_finite() && s > 0.0 && mr.is_finite() && mu.is_finite()) {
             return Err(RenderError::Degenerate);
@@ -220,6 +208,31 @@ impl Frame {
             self.s * dot(p, &VIEW),
         ]
     }
+}
+
+/// Pixels per unit that the framing rule gives a part whose box projects to width `w` and
+/// height `h` (in part units) in a `size`-px image; infinite when both are zero.
+pub fn fit_scale(w: f64, h: f64, size: u32) -> f64 {
+    let k = f64::from(size) / f64::from(GENCAD_SIZE);
+    let by_w = if w > 0.0 {
+        FIT_WIDTH * k / w
+    } else {
+        f64::INFINITY
+    };
+    let by_h = if h > 0.0 {
+        FIT_HEIGHT * k / h
+    } else {
+        f64::INFINITY
+    };
+    by_w.min(by_h)
+}
+
+/// PNG bytes of a render, as the corpus stores them.
+pub fn encode_png(image: RgbImage) -> Result<Vec<u8>, image::ImageError> {
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(image)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    Ok(png)
 }
 
 /// How a covered pixel gets its colour.

@@ -91,6 +91,15 @@ pub struct Wants {
     pub volume: bool,
 }
 
+impl Wants {
+    /// What the renderer needs: mesh and B-rep edges, no volume IoU.
+    pub const RENDER: Wants = Wants {
+        mesh: true,
+        edges: true,
+        volume: false,
+    };
+}
+
 /// A running worker process speaking JSON lines.
 struct Worker {
     child: Child,

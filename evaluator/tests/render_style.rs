@@ -17,11 +17,9 @@ const MAX_MEDIAN_DIFF: f64 = 2.0;
 const MIN_EDGE_PRECISION: f64 = 0.9;
 
 fn real_image(id: &str) -> image::RgbImage {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/reference")
-        .join(format!("{id}_0.png"));
-    image::open(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let png = reference::image_png(id).unwrap_or_else(|| panic!("no reference image for {id}"));
+    image::load_from_memory(png)
+        .unwrap_or_else(|e| panic!("{id}: {e}"))
         .to_rgb8()
 }
 
@@ -37,11 +35,7 @@ async fn renders_match_the_real_gencad_images() {
         .expect("workers start");
     let samples = reference::samples();
     assert_eq!(samples.len(), 8);
-    let wants = Wants {
-        mesh: true,
-        edges: true,
-        volume: false,
-    };
+    let wants = Wants::RENDER;
     let handles: Vec<_> = samples
         .iter()
         .map(|s| {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use evaluator::protocol::{Execution, Props};
-use evaluator::render::render_part;
+use evaluator::render::{encode_png, render_part};
 use evaluator::{Status, Wants, WorkerPool};
 use serde::{Deserialize, Serialize};
 
@@ -483,16 +483,7 @@ pub fn token_count(code: &str) -> usize {
 
 /// Executes, filters and renders one candidate.
 async fn judge(pool: &WorkerPool, code: String, size: u32) -> Verdict {
-    let exec = pool
-        .exec(
-            &code,
-            Wants {
-                mesh: true,
-                edges: true,
-                volume: false,
-            },
-        )
-        .await;
+    let exec = pool.exec(&code, Wants::RENDER).await;
     let (props, mesh, edges) = match check(exec) {
         Ok(x) => x,
         Err(reason) => return Verdict::Reject(reason),
@@ -507,12 +498,7 @@ async fn judge(pool: &WorkerPool, code: String, size: u32) -> Verdict {
             .count(),
     );
     let rendered = tokio::task::spawn_blocking(move || -> Option<Vec<u8>> {
-        let image = render_part(&mesh, &edges, size).ok()?;
-        let mut png = Vec::new();
-        image::DynamicImage::ImageRgb8(image)
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .ok()?;
-        Some(png)
+        encode_png(render_part(&mesh, &edges, size).ok()?).ok()
     })
     .await;
     match rendered {
@@ -566,10 +552,10 @@ const MIN_THICKNESS_PX: f64 = 3.0;
 
 /// The thinnest box dimension in pixels of a 448 render (the renderer's framing rule).
 fn thinnest_pixels(dims: [f64; 3]) -> f64 {
-    use evaluator::render::{FIT_HEIGHT, FIT_WIDTH, RIGHT, UP};
+    use evaluator::render::{fit_scale, GENCAD_SIZE, RIGHT, UP};
     let w: f64 = (0..3).map(|i| (dims[i] * RIGHT[i]).abs()).sum();
     let h: f64 = (0..3).map(|i| (dims[i] * UP[i]).abs()).sum();
-    let scale = (FIT_WIDTH / w.max(1e-12)).min(FIT_HEIGHT / h.max(1e-12));
+    let scale = fit_scale(w.max(1e-12), h.max(1e-12), GENCAD_SIZE);
     dims.iter().copied().fold(f64::INFINITY, f64::min) * scale
 }
 
