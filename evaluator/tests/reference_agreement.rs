@@ -1,23 +1,14 @@
 //! Our metrics against the original Python metric on the 44 reference pairs.
 //! Needs the CadQuery environment (`rag setup`); fails, never skips, without it.
 
-use std::time::Duration;
+mod common;
 
 use evaluator::score::score_pair;
-use evaluator::{
-    reference, CodeText, PairInput, Protocols, PythonEnv, SandboxLimits, Status, WorkerPool,
-};
+use evaluator::{reference, CodeText, PairInput, Protocols, Status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_and_volume_iou_agree_with_the_reference_metric() {
-    let env = PythonEnv::locate().expect("CadQuery environment (run `rag setup`)");
-    let limits = SandboxLimits {
-        timeout: Duration::from_secs(60),
-        memory_mb: 4096,
-    };
-    let pool = WorkerPool::start(env, 2, limits)
-        .await
-        .expect("workers start");
+    let pool = common::pool(60, 4096).await;
     let pairs = reference::pairs();
     let mut handles = Vec::new();
     for (i, p) in pairs.iter().enumerate() {

@@ -4,12 +4,13 @@
 //!
 //! Set `CADRAG_RENDER_DUMP=<dir>` to also write each render and a real | ours sheet there.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod common;
+
+use std::path::PathBuf;
 
 use evaluator::render::{render_part, GENCAD_SIZE};
 use evaluator::style::{compare, side_by_side};
-use evaluator::{reference, PythonEnv, SandboxLimits, Status, Wants, WorkerPool};
+use evaluator::{reference, Status, Wants};
 
 /// Thresholds of the render-style issue, for every sample.
 const MIN_MASK_IOU: f64 = 0.99;
@@ -25,14 +26,7 @@ fn real_image(id: &str) -> image::RgbImage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renders_match_the_real_gencad_images() {
-    let env = PythonEnv::locate().expect("CadQuery environment (run `rag setup`)");
-    let limits = SandboxLimits {
-        timeout: Duration::from_secs(60),
-        memory_mb: 4096,
-    };
-    let pool = WorkerPool::start(env, 2, limits)
-        .await
-        .expect("workers start");
+    let pool = common::pool(60, 4096).await;
     let samples = reference::samples();
     assert_eq!(samples.len(), 8);
     let wants = Wants::RENDER;

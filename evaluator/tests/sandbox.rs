@@ -1,25 +1,17 @@
 //! Hostile snippets: each gets its status, nothing is written outside the sandbox, and the
 //! pool keeps scoring. Needs the CadQuery environment (`rag setup`); fails without it.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use evaluator::score::score_pair;
-use evaluator::{
-    CodeText, PairInput, Protocols, PythonEnv, SandboxLimits, Status, Wants, WorkerPool,
-};
+use evaluator::{CodeText, PairInput, Protocols, Status, Wants, WorkerPool};
 
 const BOX: &str = "import cadquery as cq\nsolid = cq.Workplane('XY').box(1, 2, 3)\n";
 
 async fn pool(timeout_s: u64) -> Arc<WorkerPool> {
-    let env = PythonEnv::locate().expect("CadQuery environment (run `rag setup`)");
-    let limits = SandboxLimits {
-        timeout: Duration::from_secs(timeout_s),
-        memory_mb: 1024,
-    };
-    WorkerPool::start(env, 2, limits)
-        .await
-        .expect("workers start")
+    common::pool(timeout_s, 1024).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
