@@ -696,26 +696,26 @@ fn profile(rng: &mut Rng, weights: &[(Outline, f64)], hole_chance: f64) -> Profi
 }
 
 const BASE_OUTLINES: [(Outline, f64); 10] = [
-    (Outline::Rect, 34.0),
-    (Outline::LShape, 9.0),
-    (Outline::TShape, 3.0),
-    (Outline::UShape, 5.0),
-    (Outline::Steps, 3.0),
-    (Outline::Polygon, 6.0),
+    (Outline::Rect, 40.0),
+    (Outline::LShape, 6.0),
+    (Outline::TShape, 2.0),
+    (Outline::UShape, 4.0),
+    (Outline::Steps, 2.0),
+    (Outline::Polygon, 5.0),
     (Outline::Slot, 5.0),
     (Outline::Rounded, 5.0),
     (Outline::Tab, 4.0),
-    (Outline::Circle, 13.0),
+    (Outline::Circle, 15.0),
 ];
 
 const FEATURE_OUTLINES: [(Outline, f64); 9] = [
-    (Outline::Rect, 44.0),
+    (Outline::Rect, 47.0),
     (Outline::Circle, 19.0),
     (Outline::Slot, 5.0),
     (Outline::Polygon, 4.0),
     (Outline::Rounded, 4.0),
-    (Outline::LShape, 7.0),
-    (Outline::UShape, 3.0),
+    (Outline::LShape, 5.0),
+    (Outline::UShape, 2.0),
     (Outline::Tab, 4.0),
     (Outline::Steps, 2.0),
 ];
@@ -782,7 +782,7 @@ fn base_orientation(rng: &mut Rng) -> Orientation {
 
 fn base_feature(rng: &mut Rng) -> Feature {
     let orientation = base_orientation(rng);
-    let profile = profile(rng, &BASE_OUTLINES, 0.33);
+    let profile = profile(rng, &BASE_OUTLINES, 0.26);
     let scale = if rng.chance(0.55) {
         1.5
     } else {
@@ -832,7 +832,7 @@ fn secondary_feature(
     } else {
         Join::Union
     };
-    let profile = profile(rng, &FEATURE_OUTLINES, 0.15);
+    let profile = profile(rng, &FEATURE_OUTLINES, 0.13);
     let base_axis = dominant_axis(base.plane.normal);
     // Direction the base grows along its normal (+1 / -1 in world terms of that axis).
     let base_growth =
