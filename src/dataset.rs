@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -106,18 +106,6 @@ impl SynthArgs {
     }
 }
 
-/// Ctrl-C sets the flag; long jobs poll it, save what they have and exit 130.
-fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            f.store(true, Ordering::SeqCst);
-        }
-    });
-    flag
-}
-
 pub async fn dataset(cmd: DatasetCommand) -> Result<ExitCode> {
     match cmd {
         DatasetCommand::Synth { synth, json } => synth_cmd(&synth, json).await,
@@ -139,7 +127,7 @@ pub async fn dataset(cmd: DatasetCommand) -> Result<ExitCode> {
 pub(crate) async fn synth_cmd(args: &SynthArgs, json: bool) -> Result<ExitCode> {
     let config = args.config();
     let pool = start_pool(&args.pool).await?;
-    let interrupt = interrupt_flag();
+    let interrupt = crate::interrupt_flag();
     let report = synthesize(pool, &config, &args.out, interrupt, true).await?;
     if json {
         println!("{}", serde_json::to_string(&report)?);

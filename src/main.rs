@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use evaluator::score::{score_pair, score_sets};
 mod dataset;
 mod retrieval;
+mod train;
 
 use evaluator::{
     reference, CodeSet, PairInput, Protocols, PythonEnv, SandboxLimits, Summary, WorkerPool,
@@ -68,6 +70,11 @@ enum Command {
     Generate(retrieval::GenerateArgs),
     /// Evaluate image -> code on a corpus split with the real metrics.
     Eval(retrieval::EvalArgs),
+    /// Train models (the small CLIP image <-> code).
+    Train {
+        #[command(subcommand)]
+        what: train::TrainCommand,
+    },
     /// The main job end to end on the built-in default data.
     Demo {
         /// Where to write the demo's inputs and results.
@@ -188,6 +195,18 @@ pub(crate) async fn start_pool(args: &PoolArgs) -> Result<Arc<WorkerPool>> {
     let size = args.workers.unwrap_or_else(cores);
     eprintln!("starting {size} CadQuery workers...");
     Ok(WorkerPool::start(env, size, limits).await?)
+}
+
+/// Ctrl-C sets the flag; long jobs poll it, save what they have and exit 130.
+pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            f.store(true, Ordering::SeqCst);
+        }
+    });
+    flag
 }
 
 fn progress_bar(len: u64) -> indicatif::ProgressBar {
@@ -405,7 +424,7 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
         &code,
     ])
     .await?;
-    eprintln!("demo: evaluating the test split, retrieval only");
+    eprintln!("demo: evaluating the test split, retrieval only (pixel baseline)");
     demo_step(&[
         "eval",
         "--corpus",
@@ -414,6 +433,41 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
         "test",
         "--index",
         &i,
+        "--mode",
+        "retrieval",
+    ])
+    .await?;
+    // The learned encoder: a tiny CLIP trained on the same train split (seconds; the small
+    // CLIP of the README needs a 20k corpus), indexed and evaluated the same way.
+    let clip = out.join("clip-tiny").display().to_string();
+    eprintln!("demo: training a tiny CLIP (image <-> code) into {clip}");
+    demo_step(&[
+        "train", "clip", "--corpus", &c, "--out", &clip, "--size", "tiny", "--epochs", "20",
+        "--batch", "8", "--vocab", "400",
+    ])
+    .await?;
+    let clip_index = out.join("index-clip").display().to_string();
+    eprintln!("demo: indexing the train split with it into {clip_index}");
+    demo_step(&[
+        "index",
+        "build",
+        "--corpus",
+        &c,
+        "--encoder",
+        &clip,
+        "--out",
+        &clip_index,
+    ])
+    .await?;
+    eprintln!("demo: evaluating the test split, retrieval only (tiny CLIP)");
+    demo_step(&[
+        "eval",
+        "--corpus",
+        &c,
+        "--split",
+        "test",
+        "--index",
+        &clip_index,
         "--mode",
         "retrieval",
     ])
@@ -468,6 +522,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Index { what } => retrieval::index(what).await,
         Command::Search(args) => retrieval::search(args).await,
         Command::Generate(args) => retrieval::generate(args).await,
+        Command::Train { what } => train::train(what).await,
         Command::Eval(args) => retrieval::eval(args).await,
         Command::Bench {
             what: BenchWhat::Index(args),

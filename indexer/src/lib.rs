@@ -1,5 +1,6 @@
 //! Corpus readers and writers, the synthetic GenCAD corpus, image encoders and index building.
 
+pub mod clip;
 pub mod corpus;
 pub mod dialect;
 pub mod encoder;

@@ -1,24 +1,35 @@
 //! Image encoders: one trait ([`ImageEncoder`]) so the index builder, the retriever and the
 //! evaluation do not care which model turns an image into a vector.
 //!
-//! Implementations: [`PixelEncoder`], the pixel-space baseline (now); pretrained HF CLIP and
-//! our small CLIP (later: `--encoder PATH` is parsed already and refused with a clear message).
+//! Implementations: [`PixelEncoder`], the pixel-space baseline, [`ClipEncoder`], a CLIP
+//! checkpoint folder (a pretrained Hugging Face CLIP or our trained small CLIP), and
+//! [`CombinedEncoder`], several of them side by side.
 
+mod clip;
+mod combined;
 mod pixel;
 
 use std::path::{Path, PathBuf};
 
-pub use pixel::{PixelEncoder, PIXEL_DEFAULT_SIDE};
+pub use clip::ClipEncoder;
+pub use combined::CombinedEncoder;
+pub use pixel::{ink_thumbnail, PixelEncoder, PIXEL_DEFAULT_SIDE};
 
 /// Errors of choosing an encoder, reading a query image or embedding it.
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
-    /// An encoder spec that is neither `pixel`, `pixel-N` nor an existing path.
-    #[error("unknown encoder `{0}`: expected `pixel`, `pixel-N` (N = 8..128) or a CLIP checkpoint folder")]
+    /// An encoder spec that is neither `pixel`, `pixel-N`, an existing path nor a `+` join.
+    #[error("unknown encoder `{0}`: expected `pixel`, `pixel-N` (N = 8..128), a CLIP checkpoint folder, or several joined by `+`")]
     UnknownSpec(String),
-    /// A CLIP checkpoint path was given; CLIP is not built yet, so we say so instead of guessing.
-    #[error("{}: CLIP checkpoints are not supported yet (use --encoder pixel)", .0.display())]
-    ClipNotSupported(PathBuf),
+    /// A CLIP checkpoint folder could not be loaded.
+    #[error(transparent)]
+    Clip(#[from] Box<crate::clip::ClipError>),
+    /// An index names a CLIP checkpoint that is no longer where it was built from.
+    #[error("the index was built with the CLIP checkpoint {}, which is missing; pass --encoder with its new location", .0.display())]
+    MissingCheckpoint(PathBuf),
+    /// The model failed on a batch.
+    #[error("the encoder failed: {0}")]
+    Model(String),
     /// The image file could not be read from disk.
     #[error("{}: cannot read image: {source}", path.display())]
     ReadImage {
@@ -107,10 +118,18 @@ pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -
     })
 }
 
-/// Builds the encoder named on the command line: `pixel` / `pixel-N`, or a checkpoint path
-/// (refused for now with [`EncoderError::ClipNotSupported`]).
+/// Builds the encoder named on the command line: `pixel` / `pixel-N`, a CLIP checkpoint
+/// folder (on the GPU in a `cuda` build that finds one, else the CPU), or several of these
+/// joined by `+` ([`CombinedEncoder`]).
 pub fn encoder_from_spec(spec: &str) -> Result<Box<dyn ImageEncoder>, EncoderError> {
     let s = spec.trim();
+    if s.contains('+') && !Path::new(s).exists() {
+        let parts = s
+            .split('+')
+            .map(encoder_from_spec)
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Box::new(CombinedEncoder::new(parts)));
+    }
     if s == "pixel" {
         return Ok(Box::new(PixelEncoder::new(PIXEL_DEFAULT_SIDE)));
     }
@@ -122,15 +141,31 @@ pub fn encoder_from_spec(spec: &str) -> Result<Box<dyn ImageEncoder>, EncoderErr
     }
     let path = Path::new(s);
     if path.exists() {
-        return Err(EncoderError::ClipNotSupported(path.to_path_buf()));
+        let enc = ClipEncoder::load(path, crate::clip::preferred_device()).map_err(Box::new)?;
+        return Ok(Box::new(enc));
     }
     Err(EncoderError::UnknownSpec(spec.to_string()))
 }
 
-/// Rebuilds the encoder a manifest names, so `rag search` needs no `--encoder` flag.
+/// Rebuilds the encoder a manifest names (a CLIP index remembers its checkpoint folder), so
+/// `rag search` needs no `--encoder` flag.
 pub fn encoder_from_identity(
     identity: &EncoderIdentity,
 ) -> Result<Box<dyn ImageEncoder>, EncoderError> {
+    if let Some(parts) = CombinedEncoder::part_identities(identity) {
+        let parts = parts
+            .iter()
+            .map(encoder_from_identity)
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Box::new(CombinedEncoder::new(parts)));
+    }
+    if identity.config.get("kind").and_then(|k| k.as_str()) == Some("clip") {
+        let path = PathBuf::from(identity.config["path"].as_str().unwrap_or_default());
+        if !path.join(crate::clip::checkpoint::CONFIG_FILE).is_file() {
+            return Err(EncoderError::MissingCheckpoint(path));
+        }
+        return encoder_from_spec(&path.to_string_lossy());
+    }
     encoder_from_spec(&identity.id)
 }
 
@@ -239,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn specs_parse_and_clip_paths_are_refused_clearly() {
+    fn specs_parse_and_folders_without_a_checkpoint_are_refused_clearly() {
         assert_eq!(
             encoder_from_spec("pixel").unwrap().identity().id,
             "pixel-32"
@@ -258,10 +293,7 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(
-            err.contains("CLIP checkpoints are not supported yet"),
-            "{err}"
-        );
+        assert!(err.contains("config.json"), "{err}");
     }
 
     #[test]

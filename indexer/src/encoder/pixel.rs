@@ -57,6 +57,59 @@ fn axis_weights(start: f64, extent: f64, cells: u32, len: u32) -> Vec<Vec<(usize
         .collect()
 }
 
+/// The part's ink (1 - grey, 0..1) in a `side_px x side_px` grid: the foreground bounding box
+/// grown to a square around its centre, area-averaged. Shared by the pixel baseline and the
+/// small CLIP's preprocessing, so both see a query framed any way like a GenCAD render.
+pub fn ink_thumbnail(image: &image::RgbImage, side_px: u32) -> Result<Vec<f32>, EncoderError> {
+    let (w, h) = image.dimensions();
+    if w == 0 || h == 0 {
+        return Err(EncoderError::Empty {
+            width: w,
+            height: h,
+        });
+    }
+    let ink: Vec<f32> = image
+        .pixels()
+        .map(|p| f32::from(255 - luma(p)) / 255.0)
+        .collect();
+    // Foreground bounding box; a picture with no background-coloured pixel uses it all.
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0u32, 0u32);
+    for (x, y, p) in image.enumerate_pixels() {
+        if luma(p) < BACKGROUND_LEVEL {
+            x0 = x0.min(x);
+            y0 = y0.min(y);
+            x1 = x1.max(x + 1);
+            y1 = y1.max(y + 1);
+        }
+    }
+    if x0 == u32::MAX {
+        return Err(EncoderError::Blank);
+    }
+    let extent = f64::from((x1 - x0).max(y1 - y0));
+    let cx = f64::from(x0 + x1) / 2.0;
+    let cy = f64::from(y0 + y1) / 2.0;
+    let wx = axis_weights(cx - extent / 2.0, extent, side_px, w);
+    let wy = axis_weights(cy - extent / 2.0, extent, side_px, h);
+    let side = side_px as usize;
+    // Separable area average: columns first (per source row), then rows.
+    let mut cols = vec![0f32; h as usize * side];
+    for y in 0..h as usize {
+        let row = &ink[y * w as usize..(y + 1) * w as usize];
+        for (i, ws) in wx.iter().enumerate() {
+            cols[y * side + i] = ws.iter().map(|(x, k)| row[*x] * k).sum();
+        }
+    }
+    let mut v = vec![0f32; side * side];
+    for (j, ws) in wy.iter().enumerate() {
+        for (y, k) in ws {
+            for i in 0..side {
+                v[j * side + i] += cols[y * side + i] * k;
+            }
+        }
+    }
+    Ok(v)
+}
+
 impl ImageEncoder for PixelEncoder {
     fn identity(&self) -> EncoderIdentity {
         let config = serde_json::json!({
@@ -86,52 +139,7 @@ impl ImageEncoder for PixelEncoder {
     }
 
     fn encode(&self, image: &image::RgbImage) -> Result<Vec<f32>, EncoderError> {
-        let (w, h) = image.dimensions();
-        if w == 0 || h == 0 {
-            return Err(EncoderError::Empty {
-                width: w,
-                height: h,
-            });
-        }
-        let ink: Vec<f32> = image
-            .pixels()
-            .map(|p| f32::from(255 - luma(p)) / 255.0)
-            .collect();
-        // Foreground bounding box; a picture with no background-coloured pixel uses it all.
-        let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0u32, 0u32);
-        for (x, y, p) in image.enumerate_pixels() {
-            if luma(p) < BACKGROUND_LEVEL {
-                x0 = x0.min(x);
-                y0 = y0.min(y);
-                x1 = x1.max(x + 1);
-                y1 = y1.max(y + 1);
-            }
-        }
-        if x0 == u32::MAX {
-            return Err(EncoderError::Blank);
-        }
-        let extent = f64::from((x1 - x0).max(y1 - y0));
-        let cx = f64::from(x0 + x1) / 2.0;
-        let cy = f64::from(y0 + y1) / 2.0;
-        let wx = axis_weights(cx - extent / 2.0, extent, self.side, w);
-        let wy = axis_weights(cy - extent / 2.0, extent, self.side, h);
-        let side = self.side as usize;
-        // Separable area average: columns first (per source row), then rows.
-        let mut cols = vec![0f32; h as usize * side];
-        for y in 0..h as usize {
-            let row = &ink[y * w as usize..(y + 1) * w as usize];
-            for (i, ws) in wx.iter().enumerate() {
-                cols[y * side + i] = ws.iter().map(|(x, k)| row[*x] * k).sum();
-            }
-        }
-        let mut v = vec![0f32; side * side];
-        for (j, ws) in wy.iter().enumerate() {
-            for (y, k) in ws {
-                for i in 0..side {
-                    v[j * side + i] += cols[y * side + i] * k;
-                }
-            }
-        }
+        let mut v = ink_thumbnail(image, self.side)?;
         let mean = v.iter().sum::<f32>() / v.len() as f32;
         v.iter_mut().for_each(|x| *x -= mean);
         if v.iter().map(|x| x.abs()).fold(0.0, f32::max) < 1e-6 || !normalise_unit(&mut v) {

@@ -1,0 +1,543 @@
+//! CLIP (image tower, text tower, projections) in candle, with HF weight names so a pretrained
+//! `model.safetensors` loads as is, and with forward paths through differentiable ops only
+//! (`candle_nn::ops::softmax`, `layer_norm_slow`: the fused kernels have no backward), so the
+//! same code trains our small CLIP from scratch.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use super::config::{Activation, ClipConfig, TextConfig, VisionConfig};
+
+/// Normal init with std 0.02, CLIP's choice for embeddings.
+const EMBED_INIT: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+/// A dense layer (`weight` [out, in], optional `bias`) that folds every leading dimension into
+/// one matrix product, so the CPU runs one large GEMM instead of a batch of small ones.
+#[derive(Debug, Clone)]
+struct Dense {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    fn new(inp: usize, out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let bound = 1.0 / (inp as f64).sqrt();
+        let weight = vb.get_with_hints(
+            (out, inp),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let bias = if bias {
+            Some(vb.get_with_hints(
+                out,
+                "bias",
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok(Dense { weight, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = dims[dims.len() - 1];
+        let rows = x.elem_count() / inp;
+        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().expect("at least one dim") = self.weight.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+/// Layer norm through candle's composable (differentiable) ops.
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    match act {
+        Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+        Activation::Gelu => x.gelu_erf(),
+    }
+}
+
+/// Multi-head self-attention (`self_attn.{q,k,v,out}_proj`).
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    out_proj: Dense,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Attention {
+            q_proj: Dense::new(dim, dim, true, vb.pp("q_proj"))?,
+            k_proj: Dense::new(dim, dim, true, vb.pp("k_proj"))?,
+            v_proj: Dense::new(dim, dim, true, vb.pp("v_proj"))?,
+            out_proj: Dense::new(dim, dim, true, vb.pp("out_proj"))?,
+            heads,
+            head_dim: dim / heads,
+        })
+    }
+
+    /// `x`: [batch, len, dim]; `mask`: additive [len, len] (causal for text) or none.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let split = |t: Tensor| {
+            t.reshape((b, l, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = split((self.q_proj.forward(x)? * scale)?)?;
+        let k = split(self.k_proj.forward(x)?)?;
+        let v = split(self.v_proj.forward(x)?)?;
+        let mut att = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            att = att.broadcast_add(mask)?;
+        }
+        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+        self.out_proj.forward(&y)
+    }
+}
+
+/// One pre-norm transformer block (`encoder.layers.N`).
+#[derive(Debug, Clone)]
+struct Block {
+    layer_norm1: LayerNorm,
+    self_attn: Attention,
+    layer_norm2: LayerNorm,
+    fc1: Dense,
+    fc2: Dense,
+    act: Activation,
+}
+
+impl Block {
+    fn new(
+        dim: usize,
+        inner: usize,
+        heads: usize,
+        eps: f64,
+        act: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Block {
+            layer_norm1: LayerNorm::new(dim, eps, vb.pp("layer_norm1"))?,
+            self_attn: Attention::new(dim, heads, vb.pp("self_attn"))?,
+            layer_norm2: LayerNorm::new(dim, eps, vb.pp("layer_norm2"))?,
+            fc1: Dense::new(dim, inner, true, vb.pp("mlp").pp("fc1"))?,
+            fc2: Dense::new(inner, dim, true, vb.pp("mlp").pp("fc2"))?,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let x = (x + self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, mask)?)?;
+        let h = activate(self.act, &self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?;
+        x + self.fc2.forward(&h)?
+    }
+}
+
+/// A stack of blocks (`encoder.layers`).
+#[derive(Debug, Clone)]
+struct Encoder {
+    layers: Vec<Block>,
+}
+
+impl Encoder {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        n: usize,
+        dim: usize,
+        inner: usize,
+        heads: usize,
+        eps: f64,
+        act: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let layers = (0..n)
+            .map(|i| Block::new(dim, inner, heads, eps, act, vb.pp("layers").pp(i)))
+            .collect::<Result<_>>()?;
+        Ok(Encoder { layers })
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, mask)?;
+        }
+        Ok(x)
+    }
+}
+
+/// The ViT image tower (`vision_model`): patches + class token + positions, pre-norm, blocks,
+/// post-norm of the class token.
+#[derive(Debug, Clone)]
+struct VisionTransformer {
+    class_embedding: Tensor,
+    patch_weight: Tensor,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    encoder: Encoder,
+    post_layernorm: LayerNorm,
+    cfg: VisionConfig,
+}
+
+impl VisionTransformer {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let p = cfg.patch_size;
+        let patches = (cfg.image_size / p) * (cfg.image_size / p);
+        let emb = vb.pp("embeddings");
+        Ok(VisionTransformer {
+            class_embedding: emb.get_with_hints(d, "class_embedding", EMBED_INIT)?,
+            patch_weight: emb.get_with_hints(
+                (d, cfg.num_channels, p, p),
+                "patch_embedding.weight",
+                candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            )?,
+            position_embedding: emb.get_with_hints(
+                (patches + 1, d),
+                "position_embedding.weight",
+                EMBED_INIT,
+            )?,
+            pre_layrnorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?,
+            encoder: Encoder::new(
+                cfg.num_hidden_layers,
+                d,
+                cfg.intermediate_size,
+                cfg.num_attention_heads,
+                cfg.layer_norm_eps,
+                cfg.hidden_act,
+                vb.pp("encoder"),
+            )?,
+            post_layernorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// `pixels`: [batch, channels, side, side] -> pooled [batch, hidden].
+    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        let p = self.cfg.patch_size;
+        let d = self.cfg.hidden_size;
+        let (gh, gw) = (h / p, w / p);
+        // The stride-p convolution as a matmul over unfolded patches (same weights, and a
+        // cheaper backward than conv2d's on CPU).
+        let patches = pixels
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b * gh * gw, c * p * p))?;
+        let kernel = self.patch_weight.reshape((d, c * p * p))?;
+        let x = patches.matmul(&kernel.t()?)?.reshape((b, gh * gw, d))?;
+        let cls = self.class_embedding.reshape((1, 1, d))?.repeat((b, 1, 1))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
+        let x = self.pre_layrnorm.forward(&x)?;
+        let x = self.encoder.forward(&x, None)?;
+        self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)
+    }
+}
+
+/// The text tower (`text_model`): tokens + positions, causal blocks, final norm, pooled at
+/// each sequence's end-of-text token.
+#[derive(Debug, Clone)]
+struct TextTransformer {
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    encoder: Encoder,
+    final_layer_norm: LayerNorm,
+    hidden: usize,
+}
+
+impl TextTransformer {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let emb = vb.pp("embeddings");
+        Ok(TextTransformer {
+            token_embedding: emb.get_with_hints(
+                (cfg.vocab_size, d),
+                "token_embedding.weight",
+                EMBED_INIT,
+            )?,
+            position_embedding: emb.get_with_hints(
+                (cfg.max_position_embeddings, d),
+                "position_embedding.weight",
+                EMBED_INIT,
+            )?,
+            encoder: Encoder::new(
+                cfg.num_hidden_layers,
+                d,
+                cfg.intermediate_size,
+                cfg.num_attention_heads,
+                cfg.layer_norm_eps,
+                cfg.hidden_act,
+                vb.pp("encoder"),
+            )?,
+            final_layer_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            hidden: d,
+        })
+    }
+
+    /// `ids`: [batch, len] u32; `eos`: [batch] u32 positions of each end token -> [batch, hidden].
+    fn forward(&self, ids: &Tensor, eos: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let tokens = self
+            .token_embedding
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, l, self.hidden))?;
+        let x = tokens.broadcast_add(&self.position_embedding.narrow(0, 0, l)?)?;
+        let x = self
+            .encoder
+            .forward(&x, Some(&causal_mask(l, ids.device())?))?;
+        let offsets = Tensor::arange(0u32, b as u32, ids.device())?.affine(l as f64, 0.0)?;
+        let rows = (offsets + eos)?;
+        // The norm is per token, so only the pooled tokens need it.
+        let pooled = x.reshape((b * l, self.hidden))?.index_select(&rows, 0)?;
+        self.final_layer_norm.forward(&pooled)
+    }
+}
+
+fn causal_mask(len: usize, device: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..len)
+        .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(m, (len, len), device)
+}
+
+/// A CLIP model: both towers, their projections into the shared space, and the learned
+/// temperature `logit_scale`.
+#[derive(Debug, Clone)]
+pub struct Clip {
+    vision: VisionTransformer,
+    visual_projection: Dense,
+    text: Option<(TextTransformer, Dense)>,
+    logit_scale: Option<Tensor>,
+    config: ClipConfig,
+}
+
+impl Clip {
+    /// Builds the full model (both towers) from `vb`: a VarMap-backed builder creates and
+    /// registers every weight (training), a safetensors-backed one loads them.
+    pub fn new(config: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+        let mut clip = Self::vision_only(config, vb.clone())?;
+        let text = TextTransformer::new(&config.text_config, vb.pp("text_model"))?;
+        let proj = Dense::new(
+            config.text_config.hidden_size,
+            config.projection_dim,
+            false,
+            vb.pp("text_projection"),
+        )?;
+        clip.text = Some((text, proj));
+        clip.logit_scale = Some(vb.get_with_hints(
+            (),
+            "logit_scale",
+            Init::Const(config.logit_scale_init_value),
+        )?);
+        Ok(clip)
+    }
+
+    /// Builds only the image side (`vision_model`, `visual_projection`): what embedding for an
+    /// index needs, so a checkpoint's text weights are never read.
+    pub fn vision_only(config: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Clip {
+            vision: VisionTransformer::new(&config.vision_config, vb.pp("vision_model"))?,
+            visual_projection: Dense::new(
+                config.vision_config.hidden_size,
+                config.projection_dim,
+                false,
+                vb.pp("visual_projection"),
+            )?,
+            text: None,
+            logit_scale: None,
+            config: config.clone(),
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// Image embeddings (not normalised): [batch, C, S, S] -> [batch, projection_dim].
+    pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.visual_projection
+            .forward(&self.vision.forward(pixels)?)
+    }
+
+    /// Text embeddings (not normalised) of token ids [batch, len] pooled at `eos` [batch].
+    pub fn text_features(&self, ids: &Tensor, eos: &Tensor) -> Result<Tensor> {
+        let (text, proj) = self.text.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("this CLIP was loaded without its text tower".into())
+        })?;
+        proj.forward(&text.forward(ids, eos)?)
+    }
+
+    /// The symmetric InfoNCE loss of a batch of matching (image, code) pairs: cross-entropy of
+    /// each image against all codes of the batch and of each code against all images.
+    pub fn contrastive_loss(&self, pixels: &Tensor, ids: &Tensor, eos: &Tensor) -> Result<Tensor> {
+        let scale = self.logit_scale.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("no logit_scale in a vision-only CLIP".into())
+        })?;
+        let img = l2_normalise(&self.image_features(pixels)?)?;
+        let txt = l2_normalise(&self.text_features(ids, eos)?)?;
+        // exp(logit_scale) capped at 100 as in CLIP.
+        let temperature = scale.exp()?.clamp(0f32, 100f32)?;
+        let logits = img.matmul(&txt.t()?)?.broadcast_mul(&temperature)?;
+        let n = logits.dim(0)?;
+        let eye = Tensor::eye(n, DType::F32, logits.device())?;
+        let ce = |l: &Tensor| -> Result<Tensor> {
+            let lp = candle_nn::ops::log_softmax(l, D::Minus1)?;
+            (lp * &eye)?.sum_all()?.affine(-1.0 / n as f64, 0.0)
+        };
+        (ce(&logits)? + ce(&logits.t()?)?)? * 0.5
+    }
+}
+
+/// Rows scaled to unit length (differentiable).
+pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    x.broadcast_div(&(norm + 1e-12)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    fn tiny() -> ClipConfig {
+        let mut c = ClipConfig::small(40, 39);
+        c.vision_config.hidden_size = 16;
+        c.vision_config.intermediate_size = 32;
+        c.vision_config.num_attention_heads = 2;
+        c.vision_config.num_hidden_layers = 2;
+        c.vision_config.image_size = 16;
+        c.text_config.hidden_size = 16;
+        c.text_config.intermediate_size = 32;
+        c.text_config.num_attention_heads = 2;
+        c.text_config.num_hidden_layers = 2;
+        c.text_config.max_position_embeddings = 12;
+        c.projection_dim = 8;
+        c
+    }
+
+    fn batch(dev: &Device) -> (Tensor, Tensor, Tensor) {
+        let pixels = Tensor::randn(0f32, 1f32, (4, 1, 16, 16), dev).unwrap();
+        let ids: Vec<u32> = (0..4 * 12).map(|i| (i * 7 % 38) as u32).collect();
+        let ids = Tensor::from_vec(ids, (4, 12), dev).unwrap();
+        let eos = Tensor::new(&[11u32, 5, 8, 3], dev).unwrap();
+        (pixels, ids, eos)
+    }
+
+    #[test]
+    fn gradients_reach_every_weight() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let clip = Clip::new(&tiny(), vb).unwrap();
+        let (pixels, ids, eos) = batch(&dev);
+        let loss = clip.contrastive_loss(&pixels, &ids, &eos).unwrap();
+        let grads = loss.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        // 2 towers x 2 blocks x 16 tensors + embeddings, norms, projections, logit_scale.
+        assert_eq!(data.len(), 2 * 2 * 16 + 7 + 4 + 2 + 1, "{:?}", data.keys());
+        for (name, var) in data.iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient reaches {name}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{name}: gradient norm {norm}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_pooling_ignores_tokens_after_the_end() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let clip = Clip::new(&tiny(), VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let (_, ids, eos) = batch(&dev);
+        let a = clip.text_features(&ids, &eos).unwrap();
+        // Change everything after sequence 3's end (position 3): its vector must not move.
+        let mut v = ids.to_vec2::<u32>().unwrap();
+        v[3][4..].iter_mut().for_each(|t| *t = 0);
+        let ids2 = Tensor::new(v, &dev).unwrap();
+        let b = clip.text_features(&ids2, &eos).unwrap();
+        let diff = (a.get(3).unwrap() - b.get(3).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn loss_falls_when_trained_on_one_batch() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let clip = Clip::new(&tiny(), VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let (pixels, ids, eos) = batch(&dev);
+        let first = clip
+            .contrastive_loss(&pixels, &ids, &eos)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let mut opt = candle_nn::optim::SGD::new(varmap.all_vars(), 0.05).unwrap();
+        use candle_nn::Optimizer;
+        for _ in 0..30 {
+            let loss = clip.contrastive_loss(&pixels, &ids, &eos).unwrap();
+            opt.backward_step(&loss).unwrap();
+        }
+        let last = clip
+            .contrastive_loss(&pixels, &ids, &eos)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(last < first * 0.5, "{first} -> {last}");
+    }
+}

@@ -1,0 +1,670 @@
+//! `rag train clip`: contrastive training of the small CLIP on a corpus's (image, code) pairs,
+//! with checkpoints that resume exactly after an interrupt.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{
+    read_json, write_atomic, write_json, CONFIG_FILE, OPTIMIZER_FILE, PREPROCESSOR_FILE,
+    TOKENIZER_FILE, TRAINING_FILE, WEIGHTS_FILE,
+};
+use super::config::{ClipConfig, PreprocessConfig};
+use super::model::{l2_normalise, Clip};
+use super::optim::{learning_rate, AdamW};
+use super::tokenizer::CodeTokenizer;
+use super::ClipError;
+use crate::corpus::{CorpusReader, Split};
+use crate::encoder::{ink_thumbnail, parallel_map, to_rgb_on_white, Fnv1a64};
+use crate::synth::rng::Rng;
+
+/// Version of the training state file; another version is refused on resume.
+pub const TRAINING_FORMAT: u32 = 1;
+
+/// Model sizes `rag train clip --size` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClipSize {
+    /// [`ClipConfig::small`]: the CPU-trainable default.
+    Small,
+    /// A very small model for tests and smoke runs (seconds per epoch on tiny corpora).
+    Tiny,
+}
+
+/// Everything that shapes a training run; a resumed run must use the same settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    /// Model size.
+    pub size: ClipSize,
+    /// Passes over the training pairs.
+    pub epochs: usize,
+    /// Pairs per step (also the number of negatives per pair, minus one).
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Fraction of steps spent warming up.
+    pub warmup_fraction: f64,
+    /// Seed of the initial weights and of the batch order.
+    pub seed: u64,
+    /// BPE vocabulary size.
+    pub vocab: usize,
+    /// Use only the first N training pairs.
+    pub limit: Option<usize>,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            size: ClipSize::Small,
+            epochs: 3,
+            batch: 64,
+            lr: 1e-3,
+            weight_decay: 0.1,
+            warmup_fraction: 0.05,
+            seed: 0,
+            vocab: 2048,
+            limit: None,
+        }
+    }
+}
+
+/// What `rag train clip` is asked to do.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The corpus (its train split is learned, its validation split measured).
+    pub corpus: PathBuf,
+    /// The checkpoint folder (created, or resumed when it holds an unfinished run).
+    pub out: PathBuf,
+    /// The run's settings.
+    pub settings: TrainSettings,
+    /// Save a checkpoint every N steps (and on interrupt, and at the end).
+    pub checkpoint_every: usize,
+    /// Where to compute.
+    pub device: Device,
+    /// Validation pairs used for the final retrieval figures.
+    pub validation_limit: usize,
+    /// Stop (checkpointed, resumable) after this many steps in this call.
+    pub max_steps: Option<usize>,
+}
+
+/// Held-out retrieval quality: for each validation image, the rank of its own code among all
+/// validation codes (and the reverse).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    /// Pairs compared.
+    pub pairs: usize,
+    /// Image -> code: own code ranked first.
+    pub image_to_code_r1: f64,
+    /// Image -> code: own code in the top 5.
+    pub image_to_code_r5: f64,
+    /// Code -> image: own image ranked first.
+    pub code_to_image_r1: f64,
+    /// Contrastive loss on the validation pairs (batches of the training size; none when
+    /// there are fewer pairs than one batch).
+    pub loss: Option<f64>,
+}
+
+/// The `training.json` of a checkpoint: settings, progress and the loss curve.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// [`TRAINING_FORMAT`].
+    pub format: u32,
+    /// The run's settings.
+    pub settings: TrainSettings,
+    /// The corpus trained on.
+    pub corpus: PathBuf,
+    /// FNV-1a of the training pairs' ids and code, so a resume on other data is refused.
+    pub corpus_hash: String,
+    /// Training pairs.
+    pub pairs: usize,
+    /// Steps done.
+    pub step: usize,
+    /// Steps of the whole run.
+    pub total_steps: usize,
+    /// Seconds spent training, over all sessions.
+    pub seconds: f64,
+    /// (step, mean loss over the steps since the previous point).
+    pub loss_curve: Vec<(usize, f64)>,
+    /// Final held-out figures (set when the run finishes and the corpus has a validation split).
+    pub validation: Option<Validation>,
+}
+
+impl TrainingState {
+    /// True when every step is done.
+    pub fn finished(&self) -> bool {
+        self.step >= self.total_steps
+    }
+}
+
+/// How a call of [`train_clip`] ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    /// The checkpoint folder.
+    pub out: PathBuf,
+    /// The state as saved last.
+    pub state: TrainingState,
+    /// Steps done in this call.
+    pub steps_this_run: usize,
+    /// Training pairs per second in this call.
+    pub pairs_per_second: f64,
+    /// True when it stopped on an interrupt (the checkpoint resumes it).
+    pub interrupted: bool,
+    /// Steps restored from an earlier run (0 for a fresh start).
+    pub resumed_from: usize,
+    /// Rows of the corpus left out (unreadable row or image), with the first reason.
+    pub skipped: usize,
+    /// The first skip reason, if any.
+    pub first_skip: Option<String>,
+}
+
+/// Image and code of every pair, ready for batching: ink thumbnails as bytes, token ids.
+struct Pairs {
+    images: Vec<u8>,
+    tokens: Vec<u32>,
+    ends: Vec<u32>,
+    side: usize,
+    len: usize,
+    hash: String,
+    skipped: usize,
+    first_skip: Option<String>,
+}
+
+impl Pairs {
+    fn count(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn batch(
+        &self,
+        idx: &[usize],
+        pre: &PreprocessConfig,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor, Tensor), ClipError> {
+        let plane = self.side * self.side;
+        let (mean, std) = (pre.image_mean[0], pre.image_std[0]);
+        let mut px = Vec::with_capacity(idx.len() * plane);
+        let mut ids = Vec::with_capacity(idx.len() * self.len);
+        let mut ends = Vec::with_capacity(idx.len());
+        for &i in idx {
+            px.extend(
+                self.images[i * plane..(i + 1) * plane]
+                    .iter()
+                    .map(|v| (f32::from(*v) / 255.0 - mean) / std),
+            );
+            ids.extend_from_slice(&self.tokens[i * self.len..(i + 1) * self.len]);
+            ends.push(self.ends[i]);
+        }
+        let b = idx.len();
+        let t = |e| ClipError::candle("building a batch", e);
+        Ok((
+            Tensor::from_vec(px, (b, 1, self.side, self.side), device).map_err(t)?,
+            Tensor::from_vec(ids, (b, self.len), device).map_err(t)?,
+            Tensor::from_vec(ends, b, device).map_err(t)?,
+        ))
+    }
+}
+
+/// Reads up to `limit` rows of `split`, decoding images on all cores; `tokenizer` is None when
+/// only the codes are wanted (to train the tokenizer first).
+fn read_pairs(
+    reader: &CorpusReader,
+    split: Split,
+    limit: Option<usize>,
+    side: usize,
+    tokenizer: &CodeTokenizer,
+    len: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<Pairs, ClipError> {
+    let total = limit.map_or(reader.num_rows(split), |l| l.min(reader.num_rows(split)));
+    progress.set_length(total as u64);
+    progress.set_position(0);
+    progress.set_message(format!("reading {split} pairs"));
+    let mut out = Pairs {
+        images: Vec::new(),
+        tokens: Vec::new(),
+        ends: Vec::new(),
+        side,
+        len,
+        hash: String::new(),
+        skipped: 0,
+        first_skip: None,
+    };
+    let mut hash = Fnv1a64::new();
+    let mut rows = reader.rows(split).take(total);
+    loop {
+        let mut chunk = Vec::with_capacity(256);
+        for row in rows.by_ref() {
+            match row {
+                Ok(r) => chunk.push(r),
+                Err(e) => {
+                    out.skipped += 1;
+                    out.first_skip.get_or_insert(e.to_string());
+                }
+            }
+            if chunk.len() == 256 {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        let thumbs = parallel_map(&chunk, |r| {
+            let img = r.decode_image().map_err(|e| e.to_string())?;
+            ink_thumbnail(
+                &to_rgb_on_white(&image::DynamicImage::ImageRgb8(img)),
+                side as u32,
+            )
+            .map_err(|e| format!("{} (id {}): {e}", r.origin, r.deepcad_id))
+        });
+        for (row, thumb) in chunk.iter().zip(thumbs) {
+            match thumb {
+                Ok(t) => {
+                    let (ids, end) = tokenizer.encode(&row.cadquery, len)?;
+                    out.images
+                        .extend(t.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8));
+                    out.tokens.extend(ids);
+                    out.ends.push(end);
+                    hash.update_str(&row.deepcad_id);
+                    hash.update_str(&row.cadquery);
+                }
+                Err(e) => {
+                    out.skipped += 1;
+                    out.first_skip.get_or_insert(e);
+                }
+            }
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    out.hash = format!("{:016x}", hash.finish());
+    Ok(out)
+}
+
+fn model_config(size: ClipSize, tokenizer: &CodeTokenizer) -> ClipConfig {
+    let mut c = ClipConfig::small(tokenizer.vocab_size(), tokenizer.end_id());
+    if size == ClipSize::Tiny {
+        let (v, t) = (&mut c.vision_config, &mut c.text_config);
+        v.hidden_size = 32;
+        v.intermediate_size = 64;
+        v.num_hidden_layers = 1;
+        v.num_attention_heads = 2;
+        v.image_size = 32;
+        t.hidden_size = 32;
+        t.intermediate_size = 64;
+        t.num_hidden_layers = 1;
+        t.num_attention_heads = 2;
+        t.max_position_embeddings = 64;
+        c.projection_dim = 32;
+    }
+    c
+}
+
+/// Seeded initial weights by role (our RNG: candle's CPU generator cannot be seeded): norms'
+/// scales 1, biases 0, embeddings N(0, 0.02), matrices and patch kernels N(0, 1/sqrt(fan_in)),
+/// the temperature at its configured start.
+fn seeded_init(varmap: &VarMap, seed: u64, config: &ClipConfig) -> Result<(), ClipError> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = Rng::new(seed, 0x0C11_F00D);
+    for name in names {
+        let var = &data[name];
+        let shape = var.shape().clone();
+        let n = shape.elem_count();
+        let values: Vec<f32> = if name == "logit_scale" {
+            vec![config.logit_scale_init_value as f32]
+        } else if name.ends_with("bias") {
+            vec![0.0; n]
+        } else if name.contains("norm") {
+            vec![1.0; n]
+        } else {
+            let std = if name.contains("embedding") {
+                0.02
+            } else {
+                let fan_in: usize = shape.dims()[1..].iter().product();
+                1.0 / (fan_in.max(1) as f64).sqrt()
+            };
+            (0..n).map(|_| (normal(&mut rng) * std) as f32).collect()
+        };
+        let t = Tensor::from_vec(values, shape, var.device())
+            .map_err(|e| ClipError::candle("initialising weights", e))?;
+        var.set(&t)
+            .map_err(|e| ClipError::candle("initialising weights", e))?;
+    }
+    Ok(())
+}
+
+fn normal(rng: &mut Rng) -> f64 {
+    let u = rng.unit().max(1e-12);
+    let v = rng.unit();
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+}
+
+/// The order of pairs in `epoch`: a seeded shuffle, the same on every run and resume.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(seed, 1 + epoch as u64);
+    for i in (1..n).rev() {
+        let j = rng.int(0, i as i64) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// Trains (or resumes) the small CLIP; returns when finished, or early when `interrupt` is set or
+/// `max_steps` are done (after saving a checkpoint that resumes exactly).
+pub fn train_clip(
+    opts: &TrainOptions,
+    progress: &indicatif::ProgressBar,
+    interrupt: &AtomicBool,
+) -> Result<TrainReport, ClipError> {
+    let s = &opts.settings;
+    if s.batch < 2 {
+        return Err(ClipError::Settings(
+            "--batch must be at least 2 (contrastive pairs need negatives)".into(),
+        ));
+    }
+    if s.epochs == 0 {
+        return Err(ClipError::Settings("--epochs must be at least 1".into()));
+    }
+    let reader = CorpusReader::open(&opts.corpus)?;
+    let available = reader.num_rows(Split::Train);
+    if available == 0 {
+        return Err(ClipError::Settings(format!(
+            "{}: the corpus has no train split rows to learn from",
+            opts.corpus.display()
+        )));
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|e| ClipError::io(&opts.out, e))?;
+    let state_path = opts.out.join(TRAINING_FILE);
+    let resume: Option<TrainingState> = if state_path.exists() {
+        let st: TrainingState = read_json(&state_path)?;
+        if st.format != TRAINING_FORMAT {
+            return Err(ClipError::Resume(format!(
+                "{}: training state format {} (this build writes {TRAINING_FORMAT}); use a new --out",
+                state_path.display(),
+                st.format
+            )));
+        }
+        if st.settings != *s {
+            return Err(ClipError::Resume(format!(
+                "{} holds a run with other settings ({}); rerun with the same settings to resume, or use a new --out",
+                opts.out.display(),
+                serde_json::to_string(&st.settings).unwrap_or_default()
+            )));
+        }
+        Some(st)
+    } else {
+        None
+    };
+
+    // Tokenizer: trained on the train split's code for a fresh run, reloaded on resume.
+    let tok_path = opts.out.join(TOKENIZER_FILE);
+    let tokenizer = if resume.is_some() {
+        CodeTokenizer::load(&tok_path)?
+    } else {
+        progress.set_message("training the code tokenizer");
+        let limit = s.limit.unwrap_or(usize::MAX);
+        let mut codes = Vec::new();
+        for r in reader.rows(Split::Train).take(limit).flatten() {
+            codes.push(r.cadquery);
+        }
+        let tok = CodeTokenizer::train(codes.iter().map(|c| c.as_str()), s.vocab)?;
+        tok.save(&tok_path)?;
+        tok
+    };
+    let config = model_config(s.size, &tokenizer);
+    config.validate().map_err(ClipError::Settings)?;
+    let pre = PreprocessConfig::small();
+    let side = config.vision_config.image_size;
+    let len = config.text_config.max_position_embeddings;
+    let pairs = read_pairs(
+        &reader,
+        Split::Train,
+        s.limit,
+        side,
+        &tokenizer,
+        len,
+        progress,
+    )?;
+    if pairs.count() < s.batch {
+        return Err(ClipError::Settings(format!(
+            "{} usable training pairs, fewer than one batch of {} (lower --batch)",
+            pairs.count(),
+            s.batch
+        )));
+    }
+    let steps_per_epoch = pairs.count() / s.batch;
+    let total_steps = steps_per_epoch * s.epochs;
+    let warmup = ((total_steps as f64 * s.warmup_fraction).round() as usize).max(1);
+
+    let mut varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &opts.device);
+    let clip = Clip::new(&config, vb).map_err(|e| ClipError::candle("building the model", e))?;
+    let mut optimizer = AdamW::new(&varmap, s.weight_decay)
+        .map_err(|e| ClipError::candle("building the optimizer", e))?;
+    let mut state = match resume {
+        Some(st) => {
+            if st.corpus_hash != pairs.hash || st.pairs != pairs.count() {
+                return Err(ClipError::Resume(format!(
+                    "{} was trained on other pairs ({} pairs, hash {}; this corpus gives {} pairs, hash {}); use a new --out",
+                    opts.out.display(), st.pairs, st.corpus_hash, pairs.count(), pairs.hash
+                )));
+            }
+            let w = opts.out.join(WEIGHTS_FILE);
+            varmap.load(&w).map_err(|e| ClipError::Checkpoint {
+                path: w.clone(),
+                message: format!("cannot resume from these weights: {e}"),
+            })?;
+            let o = opts.out.join(OPTIMIZER_FILE);
+            optimizer
+                .load(&o, st.step)
+                .map_err(|e| ClipError::Checkpoint {
+                    path: o.clone(),
+                    message: format!("cannot resume the optimizer: {e}"),
+                })?;
+            st
+        }
+        None => {
+            seeded_init(&varmap, s.seed, &config)?;
+            write_json(&opts.out.join(CONFIG_FILE), &config)?;
+            write_json(&opts.out.join(PREPROCESSOR_FILE), &pre)?;
+            TrainingState {
+                format: TRAINING_FORMAT,
+                settings: s.clone(),
+                corpus: opts.corpus.clone(),
+                corpus_hash: pairs.hash.clone(),
+                pairs: pairs.count(),
+                step: 0,
+                total_steps,
+                seconds: 0.0,
+                loss_curve: Vec::new(),
+                validation: None,
+            }
+        }
+    };
+    let resumed_from = state.step;
+
+    progress.set_length(total_steps as u64);
+    progress.set_position(state.step as u64);
+    progress.reset_eta();
+    progress.set_message("training");
+    let started = Instant::now();
+    let seconds_before = state.seconds;
+    let mut interrupted = false;
+    let mut window = (0.0f64, 0usize);
+    let mut order_epoch = usize::MAX;
+    let mut order = Vec::new();
+    while state.step < total_steps {
+        if interrupt.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
+        if opts
+            .max_steps
+            .is_some_and(|m| state.step - resumed_from >= m)
+        {
+            break;
+        }
+        let epoch = state.step / steps_per_epoch;
+        if epoch != order_epoch {
+            order = epoch_order(pairs.count(), s.seed, epoch);
+            order_epoch = epoch;
+        }
+        let k = state.step % steps_per_epoch;
+        let idx = &order[k * s.batch..(k + 1) * s.batch];
+        let (px, ids, ends) = pairs.batch(idx, &pre, &opts.device)?;
+        let lr = learning_rate(state.step, warmup, total_steps, s.lr);
+        let step_err = |e| ClipError::candle("training step", e);
+        let loss = clip.contrastive_loss(&px, &ids, &ends).map_err(step_err)?;
+        let grads = loss.backward().map_err(step_err)?;
+        optimizer.step(&grads, lr).map_err(step_err)?;
+        let l = loss.to_scalar::<f32>().map_err(step_err)? as f64;
+        if !l.is_finite() {
+            return Err(ClipError::Diverged {
+                step: state.step,
+                lr,
+            });
+        }
+        state.step += 1;
+        window.0 += l;
+        window.1 += 1;
+        if window.1 == 10 || state.step == total_steps {
+            state
+                .loss_curve
+                .push((state.step, window.0 / window.1 as f64));
+            progress.set_message(format!(
+                "loss {:.3}  lr {lr:.2e}",
+                window.0 / window.1 as f64
+            ));
+            window = (0.0, 0);
+        }
+        progress.set_position(state.step as u64);
+        if state.step % opts.checkpoint_every.max(1) == 0 && state.step < total_steps {
+            state.seconds = seconds_before + started.elapsed().as_secs_f64();
+            save(&opts.out, &varmap, &optimizer, &state)?;
+        }
+    }
+    state.seconds = seconds_before + started.elapsed().as_secs_f64();
+    if state.finished() && reader.num_rows(Split::Validation) > 0 && opts.validation_limit > 0 {
+        let val = read_pairs(
+            &reader,
+            Split::Validation,
+            Some(opts.validation_limit),
+            side,
+            &tokenizer,
+            len,
+            progress,
+        )?;
+        if val.count() >= 2 {
+            state.validation = Some(validate(&clip, &val, &pre, s.batch, &opts.device)?);
+        }
+    }
+    save(&opts.out, &varmap, &optimizer, &state)?;
+    let steps_this_run = state.step - resumed_from;
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    Ok(TrainReport {
+        out: opts.out.clone(),
+        steps_this_run,
+        pairs_per_second: (steps_this_run * s.batch) as f64 / secs,
+        interrupted,
+        resumed_from,
+        skipped: pairs.skipped,
+        first_skip: pairs.first_skip.clone(),
+        state,
+    })
+}
+
+/// Writes weights, optimizer moments, then `training.json` (the commit point of a checkpoint),
+/// each through a temporary file and a rename.
+fn save(
+    out: &Path,
+    varmap: &VarMap,
+    optimizer: &AdamW,
+    state: &TrainingState,
+) -> Result<(), ClipError> {
+    write_atomic(&out.join(WEIGHTS_FILE), |tmp| {
+        varmap
+            .save(tmp)
+            .map_err(|e| ClipError::candle("saving weights", e))
+    })?;
+    write_atomic(&out.join(OPTIMIZER_FILE), |tmp| {
+        optimizer
+            .save(tmp)
+            .map_err(|e| ClipError::candle("saving optimizer state", e))
+    })?;
+    write_json(&out.join(TRAINING_FILE), state)
+}
+
+/// Retrieval ranks on held-out pairs (all against all) and the mean batch loss.
+fn validate(
+    clip: &Clip,
+    val: &Pairs,
+    pre: &PreprocessConfig,
+    batch: usize,
+    device: &Device,
+) -> Result<Validation, ClipError> {
+    let e = |e| ClipError::candle("validation", e);
+    let n = val.count();
+    let mut imgs = Vec::new();
+    let mut txts = Vec::new();
+    let mut loss = (0.0, 0usize);
+    let all: Vec<usize> = (0..n).collect();
+    for chunk in all.chunks(batch) {
+        let (px, ids, ends) = val.batch(chunk, pre, device)?;
+        let img = l2_normalise(&clip.image_features(&px).map_err(e)?).map_err(e)?;
+        let txt = l2_normalise(&clip.text_features(&ids, &ends).map_err(e)?).map_err(e)?;
+        if chunk.len() == batch {
+            let l = clip.contrastive_loss(&px, &ids, &ends).map_err(e)?;
+            loss.0 += l.to_scalar::<f32>().map_err(e)? as f64;
+            loss.1 += 1;
+        }
+        imgs.push(img);
+        txts.push(txt);
+    }
+    let img = Tensor::cat(&imgs, 0).map_err(e)?;
+    let txt = Tensor::cat(&txts, 0).map_err(e)?;
+    let sim: Vec<Vec<f32>> = img
+        .matmul(&txt.t().map_err(e)?)
+        .map_err(e)?
+        .to_vec2()
+        .map_err(e)?;
+    let rank = |row: &[f32], own: usize| row.iter().filter(|v| **v > row[own]).count();
+    let mut i2t = (0usize, 0usize);
+    let mut t2i = 0usize;
+    for (i, row) in sim.iter().enumerate() {
+        let r = rank(row, i);
+        i2t.0 += usize::from(r == 0);
+        i2t.1 += usize::from(r < 5);
+        let col: Vec<f32> = sim.iter().map(|other| other[i]).collect();
+        t2i += usize::from(rank(&col, i) == 0);
+    }
+    Ok(Validation {
+        pairs: n,
+        image_to_code_r1: i2t.0 as f64 / n as f64,
+        image_to_code_r5: i2t.1 as f64 / n as f64,
+        code_to_image_r1: t2i as f64 / n as f64,
+        loss: (loss.1 > 0).then(|| loss.0 / loss.1 as f64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_orders_are_permutations_that_differ_by_epoch_and_repeat_by_seed() {
+        let a = epoch_order(100, 3, 0);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, epoch_order(100, 3, 0));
+        assert_ne!(a, epoch_order(100, 3, 1));
+        assert_ne!(a, epoch_order(100, 4, 0));
+    }
+}

@@ -1,0 +1,217 @@
+//! End-to-end: `rag train clip` on a real synthetic corpus (fresh, stopped and resumed exactly,
+//! interrupted with Ctrl-C and resumed), then `rag index build --encoder CHECKPOINT` and
+//! `rag search` with the trained image tower. Needs the CadQuery environment (the corpus is
+//! synthesised through it).
+
+mod common;
+
+use common::{rag, stderr};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use indexer::corpus::{CorpusReader, Split};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok_json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object on stdout")
+}
+
+/// The tiny model on a tiny corpus: seconds per run.
+fn train_args<'a>(corpus: &'a Path, out: &'a Path, epochs: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "clip",
+        "--corpus",
+        s(corpus),
+        "--out",
+        s(out),
+        "--size",
+        "tiny",
+        "--epochs",
+        epochs,
+        "--batch",
+        "8",
+        "--vocab",
+        "300",
+        "--checkpoint-every",
+        "2",
+        "--json",
+    ]
+}
+
+fn file(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
+}
+
+#[test]
+fn train_resume_index_and_search_with_a_trained_clip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    let synth = rag(&[
+        "dataset",
+        "synth",
+        "--n",
+        "60",
+        "--seed",
+        "5",
+        "--val",
+        "0.15",
+        "--test",
+        "0.05",
+        "--out",
+        s(&corpus),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let reader = CorpusReader::open(&corpus).unwrap();
+    let n_train = reader.num_rows(Split::Train);
+    assert!(n_train >= 40, "{n_train} train rows");
+
+    // A straight run.
+    let straight = tmp.path().join("straight");
+    let report = ok_json(&rag(&train_args(&corpus, &straight, "3")));
+    let state = &report["state"];
+    let steps = (n_train / 8) * 3;
+    assert_eq!(state["total_steps"], steps);
+    assert_eq!(state["step"], steps);
+    assert_eq!(report["steps_this_run"], steps);
+    assert_eq!(report["interrupted"], false);
+    assert_eq!(state["pairs"], n_train);
+    assert!(!state["loss_curve"].as_array().unwrap().is_empty());
+    let val = &state["validation"];
+    assert!(val["pairs"].as_u64().unwrap() >= 2, "{val}");
+    let r1 = val["image_to_code_r1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&r1));
+    for f in [
+        "config.json",
+        "preprocessor_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "training.json",
+        "optimizer.safetensors",
+    ] {
+        assert!(straight.join(f).is_file(), "{f}");
+    }
+
+    // Stopped after 2 steps, then resumed: the same weights, bit for bit.
+    let split = tmp.path().join("split");
+    let mut first = train_args(&corpus, &split, "3");
+    first.extend(["--max-steps", "2"]);
+    let part = ok_json(&rag(&first));
+    assert_eq!(part["state"]["step"], 2);
+    let rest = ok_json(&rag(&train_args(&corpus, &split, "3")));
+    assert_eq!(rest["resumed_from"], 2);
+    assert_eq!(rest["steps_this_run"], steps - 2);
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "optimizer.safetensors",
+    ] {
+        assert!(
+            file(&split, f) == file(&straight, f),
+            "{f} differs after a resume"
+        );
+    }
+
+    // Other settings on a started folder are refused, not mixed in.
+    let clash = rag(&train_args(&corpus, &split, "4"));
+    assert!(!clash.status.success());
+    assert!(
+        stderr(&clash).contains("other settings"),
+        "{}",
+        stderr(&clash)
+    );
+
+    // Ctrl-C once a checkpoint exists: exit 130, then the same command finishes the run.
+    let long = tmp.path().join("long");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rag"))
+        .args(train_args(&corpus, &long, "400"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !long.join("training.json").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130), "Ctrl-C exits 130");
+    let saved: serde_json::Value = serde_json::from_slice(&file(&long, "training.json")).unwrap();
+    let at = saved["step"].as_u64().unwrap();
+    let total = saved["total_steps"].as_u64().unwrap();
+    assert!(at < total, "stopped at {at} of {total}");
+    let done = ok_json(&rag(&train_args(&corpus, &long, "400")));
+    assert_eq!(done["resumed_from"], at);
+    assert_eq!(done["state"]["step"], total);
+
+    // Index the corpus with the trained image tower and search it.
+    let index = tmp.path().join("indices").join("clip");
+    let build = ok_json(&rag(&[
+        "index",
+        "build",
+        "--corpus",
+        s(&corpus),
+        "--encoder",
+        s(&straight),
+        "--out",
+        s(&index),
+        "--json",
+    ]));
+    assert_eq!(build["vectors"], n_train);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&file(&index, "manifest.json")).unwrap();
+    assert_eq!(manifest["encoder"]["id"], "clip:straight");
+    assert_eq!(manifest["dims"], 32);
+    let row = reader.rows(Split::Train).nth(n_train / 2).unwrap().unwrap();
+    let query = tmp.path().join("query.png");
+    std::fs::write(&query, &row.image_png).unwrap();
+    let found = ok_json(&rag(&[
+        "search",
+        s(&query),
+        "--index",
+        s(&index),
+        "--json",
+        "-k",
+        "3",
+    ]));
+    let hits = found["neighbours"].as_array().unwrap();
+    assert_eq!(hits.len(), 3, "{found}");
+    let top = hits[0]["score"].as_f64().unwrap();
+    assert!(
+        top > 0.999,
+        "an indexed image finds itself at cosine ~1: {found}"
+    );
+    assert!(
+        hits.iter().any(|h| h["id"] == row.deepcad_id.as_str()),
+        "{} among {found}",
+        row.deepcad_id
+    );
+
+    // A folder that is not a checkpoint is refused by name.
+    let empty = tmp.path().join("not-a-checkpoint");
+    std::fs::create_dir(&empty).unwrap();
+    let bad = rag(&[
+        "index",
+        "build",
+        "--corpus",
+        s(&corpus),
+        "--encoder",
+        s(&empty),
+        "--out",
+        s(&tmp.path().join("bad")),
+    ]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("config.json"), "{}", stderr(&bad));
+}
