@@ -25,7 +25,7 @@ use crate::corpus::{
 };
 
 /// Version of the sampler + filters; a state file from another version is refused on resume.
-pub const SYNTH_VERSION: u32 = 3;
+pub const SYNTH_VERSION: u32 = 5;
 
 /// The instruction text stored in every row's `prompt` column (ours; the dataset's own text is
 /// not known to us, and no model reads this column).
