@@ -425,10 +425,10 @@ fn index_build_names_bad_inputs() {
     ]));
     assert_eq!(v["vectors"], 1);
     assert_eq!(v["skipped"], 1);
-    // Encoders: a checkpoint path is refused clearly; junk specs are named.
+    // Encoders: a folder that is not a CLIP checkpoint is refused clearly; junk specs are named.
     fails_with(
         &build(&bad, s(tmp.path()), &tmp.path().join("x")),
-        "CLIP checkpoints are not supported yet",
+        "not a CLIP checkpoint folder (no config.json)",
     );
     fails_with(
         &build(&bad, "resnet", &tmp.path().join("x")),

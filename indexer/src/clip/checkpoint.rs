@@ -47,6 +47,12 @@ impl CheckpointFiles {
                 message: "not a folder".into(),
             });
         }
+        if !config_path.is_file() {
+            return Err(ClipError::Checkpoint {
+                path: dir.to_path_buf(),
+                message: "not a CLIP checkpoint folder (no config.json)".into(),
+            });
+        }
         let config: ClipConfig = read_json(&config_path)?;
         config.validate().map_err(|message| ClipError::Checkpoint {
             path: config_path.clone(),

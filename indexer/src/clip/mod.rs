@@ -29,22 +29,20 @@ pub enum ClipError {
         message: String,
     },
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The io error.
-        #[source]
-        source: std::io::Error,
+        /// The io error (in the message, not repeated as a source).
+        error: std::io::Error,
     },
     /// A tensor operation failed (names the stage).
-    #[error("{stage}: {source}")]
+    #[error("{stage}: {error}")]
     Candle {
         /// What was being done.
         stage: &'static str,
-        /// candle's error.
-        #[source]
-        source: candle_core::Error,
+        /// candle's error (in the message, not repeated as a source).
+        error: candle_core::Error,
     },
     /// The corpus could not be read.
     #[error(transparent)]
@@ -76,13 +74,16 @@ impl ClipError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         ClipError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 
     /// A candle error during `stage`.
     pub fn candle(stage: &'static str, source: candle_core::Error) -> Self {
-        ClipError::Candle { stage, source }
+        ClipError::Candle {
+            stage,
+            error: source,
+        }
     }
 }
 
