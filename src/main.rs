@@ -382,6 +382,22 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
         "demo: synthesising a 48-row corpus into {}",
         corpus.display()
     );
+    if let Some(v) = indexer::synth::written_version(&corpus) {
+        if v != indexer::synth::SYNTH_VERSION {
+            // The demo's own outputs from an older sampler: start them over.
+            eprintln!(
+                "demo: {} was made by synth version {v}; rebuilding it with version {}",
+                corpus.display(),
+                indexer::synth::SYNTH_VERSION
+            );
+            for stale in [&corpus, &out.join("clip-tiny")] {
+                if stale.exists() {
+                    std::fs::remove_dir_all(stale)
+                        .with_context(|| format!("removing {}", stale.display()))?;
+                }
+            }
+        }
+    }
     let synth = dataset::SynthArgs::small(&corpus, 48);
     if dataset::synth_cmd(&synth, false).await? != ExitCode::SUCCESS {
         bail!("demo: synth did not finish");

@@ -6,5 +6,7 @@ pub mod plane;
 pub mod rng;
 pub mod sampler;
 
-pub use pipeline::{synthesize, SynthConfig, SynthError, SynthReport};
+pub use pipeline::{
+    synthesize, written_version, SynthConfig, SynthError, SynthReport, SYNTH_VERSION,
+};
 pub use sampler::{PartProgram, ProgramSampler};

@@ -349,6 +349,15 @@ fn reload_partial(
     Ok(rows)
 }
 
+/// The synth version that wrote the corpus in `dir`, if it holds a readable state file; lets a
+/// caller that owns the folder (the demo) start over after the sampler changed.
+pub fn written_version(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
+    serde_json::from_str::<SynthState>(&text)
+        .ok()
+        .map(|s| s.version)
+}
+
 fn load_state(path: &Path, config: &SynthConfig) -> Result<SynthState, SynthError> {
     let fresh = SynthState {
         version: SYNTH_VERSION,
