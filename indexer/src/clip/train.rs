@@ -210,8 +210,8 @@ impl Pairs {
     }
 }
 
-/// Reads up to `limit` rows of `split`, decoding images on all cores; `tokenizer` is None when
-/// only the codes are wanted (to train the tokenizer first).
+/// Reads up to `limit` rows of `split` as ink thumbnails (decoded on all cores) and token ids;
+/// unreadable rows are counted and skipped, not fatal.
 fn read_pairs(
     reader: &CorpusReader,
     split: Split,

@@ -65,11 +65,12 @@ pub enum EncoderError {
 /// with vectors from another model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EncoderIdentity {
-    /// Short name, e.g. `pixel-32` (or later `clip-small@<hash>`).
+    /// Short name, e.g. `pixel-32`, `clip:<checkpoint folder>`, `pixel-32+clip:<folder>`.
     pub id: String,
     /// The settings that shape the vectors (JSON), for humans and for rebuilding the encoder.
     pub config: serde_json::Value,
-    /// FNV-1a 64 hex of the id + config (and later the weights): equal hashes, equal vectors.
+    /// FNV-1a 64 hex of the id + config (a CLIP's config holds its weights' hash): equal hashes,
+    /// equal vectors.
     pub hash: String,
     /// Vector length.
     pub dims: usize,
