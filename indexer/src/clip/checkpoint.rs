@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use super::config::{ClipConfig, PreprocessConfig};
 use super::model::Clip;
 use super::ClipError;
-use crate::encoder::Fnv1a64;
+use crate::encoder::fnv1a64;
 
 /// Model shape file (HF `CLIPConfig`).
 pub const CONFIG_FILE: &str = "config.json";
@@ -79,37 +79,30 @@ impl CheckpointFiles {
         })
     }
 
-    /// FNV-1a 64 of the weights file, so an index notices a retrained checkpoint.
-    pub fn weights_hash(&self) -> Result<String, ClipError> {
+    /// Loads the image side of the model (text weights are not built), f32 on `device`, with
+    /// the FNV-1a 64 of the weights file (so an index notices a retrained checkpoint); the
+    /// file is read once for both.
+    pub fn load_vision(&self, device: &Device) -> Result<(Clip, String), ClipError> {
         let path = self.dir.join(WEIGHTS_FILE);
         let bytes = std::fs::read(&path).map_err(|e| ClipError::io(&path, e))?;
-        let mut h = Fnv1a64::new();
-        h.update(&bytes);
-        Ok(format!("{:016x}", h.finish()))
-    }
-
-    /// Loads the image side of the model (text weights are not read), f32 on `device`.
-    pub fn load_vision(&self, device: &Device) -> Result<Clip, ClipError> {
-        let tensors = self.tensors(device)?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        Clip::vision_only(&self.config, vb).map_err(|e| self.mismatch(e))
-    }
-
-    /// Every tensor of `model.safetensors`, as f32 on `device`.
-    pub fn tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>, ClipError> {
-        let path = self.dir.join(WEIGHTS_FILE);
-        let raw =
-            candle_core::safetensors::load(&path, device).map_err(|e| ClipError::Checkpoint {
+        let hash = format!("{:016x}", fnv1a64(&bytes));
+        let raw = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+            ClipError::Checkpoint {
                 path: path.clone(),
                 message: format!("not a readable safetensors file: {e}"),
-            })?;
-        raw.into_iter()
+            }
+        })?;
+        let tensors = raw
+            .into_iter()
             .map(|(k, t)| {
                 t.to_dtype(DType::F32)
                     .map(|t| (k, t))
                     .map_err(|e| ClipError::candle("converting weights to f32", e))
             })
-            .collect()
+            .collect::<Result<HashMap<String, Tensor>, ClipError>>()?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let model = Clip::vision_only(&self.config, vb).map_err(|e| self.mismatch(e))?;
+        Ok((model, hash))
     }
 
     fn mismatch(&self, e: candle_core::Error) -> ClipError {

@@ -35,8 +35,7 @@ impl ClipEncoder {
     pub fn load(dir: &Path, device: Device) -> Result<Self, ClipError> {
         let dir = std::fs::canonicalize(dir).map_err(|e| ClipError::io(dir, e))?;
         let files = CheckpointFiles::read(&dir)?;
-        let model = files.load_vision(&device)?;
-        let weights = files.weights_hash()?;
+        let (model, weights) = files.load_vision(&device)?;
         let config = serde_json::json!({
             "kind": "clip",
             "path": dir.to_string_lossy(),
