@@ -209,11 +209,13 @@ pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
+/// The one progress style of long jobs: bar, counts, elapsed < ETA, rate, and the job's
+/// current message (stage, loss).
 fn progress_bar(len: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {per_sec}",
+            "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {per_sec} {msg}",
         )
         .expect("valid template"),
     );

@@ -107,13 +107,7 @@ pub async fn train(cmd: TrainCommand) -> Result<ExitCode> {
         max_steps: a.max_steps,
     };
     let interrupt = crate::interrupt_flag();
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = crate::progress_bar(0);
     let b = bar.clone();
     let report = tokio::task::spawn_blocking(move || {
         train_clip(&opts, &b, &interrupt).map_err(anyhow::Error::from)
