@@ -411,18 +411,7 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
     // image with its nearest neighbour's code, and score the test split retrieval-only.
     let (c, index) = (corpus.display().to_string(), out.join("index"));
     let i = index.display().to_string();
-    eprintln!("demo: indexing the train split into {i}");
-    demo_step(&[
-        "index",
-        "build",
-        "--corpus",
-        &c,
-        "--encoder",
-        "pixel",
-        "--out",
-        &i,
-    ])
-    .await?;
+    demo_index(&c, "pixel", &i).await?;
     let query = out.join("query.png");
     let first_test = indexer::corpus::CorpusReader::open(&corpus)?
         .rows(indexer::corpus::Split::Test)
@@ -442,19 +431,7 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
         &code,
     ])
     .await?;
-    eprintln!("demo: evaluating the test split, retrieval only (pixel baseline)");
-    demo_step(&[
-        "eval",
-        "--corpus",
-        &c,
-        "--split",
-        "test",
-        "--index",
-        &i,
-        "--mode",
-        "retrieval",
-    ])
-    .await?;
+    demo_eval(&c, &i, "pixel baseline").await?;
     // The learned encoder: a tiny CLIP trained on the same train split (seconds; the small
     // CLIP of the README needs a 20k corpus), indexed and evaluated the same way.
     let clip = out.join("clip-tiny").display().to_string();
@@ -465,27 +442,37 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
     ])
     .await?;
     let clip_index = out.join("index-clip").display().to_string();
-    eprintln!("demo: indexing the train split with it into {clip_index}");
+    demo_index(&c, &clip, &clip_index).await?;
+    demo_eval(&c, &clip_index, "tiny CLIP").await
+}
+
+/// Demo step: index the corpus's train split with `encoder` into `index`.
+async fn demo_index(corpus: &str, encoder: &str, index: &str) -> Result<ExitCode> {
+    eprintln!("demo: indexing the train split with {encoder} into {index}");
     demo_step(&[
         "index",
         "build",
         "--corpus",
-        &c,
+        corpus,
         "--encoder",
-        &clip,
+        encoder,
         "--out",
-        &clip_index,
+        index,
     ])
-    .await?;
-    eprintln!("demo: evaluating the test split, retrieval only (tiny CLIP)");
+    .await
+}
+
+/// Demo step: score the corpus's test split retrieval-only against `index`.
+async fn demo_eval(corpus: &str, index: &str, label: &str) -> Result<ExitCode> {
+    eprintln!("demo: evaluating the test split, retrieval only ({label})");
     demo_step(&[
         "eval",
         "--corpus",
-        &c,
+        corpus,
         "--split",
         "test",
         "--index",
-        &clip_index,
+        index,
         "--mode",
         "retrieval",
     ])
