@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{rag, stderr};
+use common::{interrupt_once_written, rag, stderr};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use indexer::corpus::{CorpusReader, Split};
 
@@ -128,26 +127,10 @@ fn train_resume_index_and_search_with_a_trained_clip() {
 
     // Ctrl-C once a checkpoint exists: exit 130, then the same command finishes the run.
     let long = tmp.path().join("long");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rag"))
-        .args(train_args(&corpus, &long, "400"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !long.join("training.json").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint written"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    assert_eq!(child.wait().unwrap().code(), Some(130), "Ctrl-C exits 130");
+    let mut long_run = Command::new(env!("CARGO_BIN_EXE_rag"));
+    long_run.args(train_args(&corpus, &long, "400"));
+    let code = interrupt_once_written(&mut long_run, &long.join("training.json"));
+    assert_eq!(code, Some(130), "Ctrl-C exits 130");
     let saved: serde_json::Value = serde_json::from_slice(&file(&long, "training.json")).unwrap();
     let at = saved["step"].as_u64().unwrap();
     let total = saved["total_steps"].as_u64().unwrap();

@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::{rag, stderr};
+use common::{interrupt_once_written, rag, stderr};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use indexer::corpus::{CorpusReader, Split};
 
@@ -99,26 +98,11 @@ fn synth_is_deterministic_readable_and_resumes_after_ctrl_c() {
 
     // Interrupt a second build once it has written a shard, then resume it.
     let part = tmp.path().join("part");
-    let mut child = synth_command(&part, "30")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !part.join("synth-state.json").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no shard written"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "Ctrl-C exits 130 after saving");
+    let code = interrupt_once_written(
+        &mut synth_command(&part, "30"),
+        &part.join("synth-state.json"),
+    );
+    assert_eq!(code, Some(130), "Ctrl-C exits 130 after saving");
     let partial = rows(&part);
     assert!(
         !partial.is_empty() && partial.len() < 30,

@@ -1,6 +1,11 @@
 //! Helpers shared by the end-to-end tests that run the real `rag` binary.
 
-use std::process::{Command, Output};
+// Each test crate compiles this module and uses only some of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs `rag` with these arguments and waits for it.
 pub fn rag(args: &[&str]) -> Output {
@@ -13,4 +18,29 @@ pub fn rag(args: &[&str]) -> Output {
 /// The command's stderr as text, for assertion messages.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Starts `cmd` with its output discarded, sends it SIGINT (Ctrl-C) as soon as `marker` exists
+/// (what a long job writes at its first save), and returns the exit code it ends with.
+pub fn interrupt_once_written(cmd: &mut Command, marker: &Path) -> Option<i32> {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{} was never written",
+            marker.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    child.wait().unwrap().code()
 }
