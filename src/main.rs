@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use evaluator::score::{score_pair, score_sets};
 mod dataset;
+mod generation;
 mod retrieval;
 mod train;
 
@@ -66,11 +67,12 @@ enum Command {
     },
     /// The nearest corpus parts of an image, with their code.
     Search(retrieval::SearchArgs),
-    /// Image -> CadQuery code (`--retrieval-only`: the nearest neighbour's code).
-    Generate(retrieval::GenerateArgs),
+    /// Image -> CadQuery code: the generator with retrieved neighbours (`--model`), or the
+    /// nearest neighbour's code (`--retrieval-only`).
+    Generate(generation::GenerateArgs),
     /// Evaluate image -> code on a corpus split with the real metrics.
-    Eval(retrieval::EvalArgs),
-    /// Train models (the small CLIP image <-> code).
+    Eval(generation::EvalArgs),
+    /// Train models (the small CLIP image <-> code, the code generator).
     Train {
         #[command(subcommand)]
         what: train::TrainCommand,
@@ -392,7 +394,7 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
                 corpus.display(),
                 indexer::synth::SYNTH_VERSION
             );
-            for stale in [&corpus, &out.join("clip-tiny")] {
+            for stale in [&corpus, &out.join("clip-tiny"), &out.join("generator-tiny")] {
                 if stale.exists() {
                     std::fs::remove_dir_all(stale)
                         .with_context(|| format!("removing {}", stale.display()))?;
@@ -443,7 +445,54 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
     .await?;
     let clip_index = out.join("index-clip").display().to_string();
     demo_index(&c, &clip, &clip_index).await?;
-    demo_eval(&c, &clip_index, "tiny CLIP").await
+    demo_eval(&c, &clip_index, "tiny CLIP").await?;
+    // The generator: a tiny GPT-2 trained on the train split with each row's nearest pixel
+    // neighbour (itself left out) in its prompt; it writes code for the query image, and the
+    // test split is scored in all three modes side by side.
+    let model = out.join("generator-tiny").display().to_string();
+    eprintln!("demo: training a tiny generator (image + neighbour -> code) into {model}");
+    demo_step(&[
+        "train",
+        "generator",
+        "--corpus",
+        &c,
+        "--index",
+        &i,
+        "--out",
+        &model,
+        "--config",
+        "tiny",
+        "--epochs",
+        "30",
+        "--batch",
+        "8",
+        "--vocab",
+        "400",
+        "-k",
+        "1",
+    ])
+    .await?;
+    let rag_code = out.join("generated-rag.py").display().to_string();
+    eprintln!("demo: generating code for {q} with the generator into {rag_code}");
+    demo_step(&[
+        "generate", &q, "--index", &i, "--model", &model, "--out", &rag_code,
+    ])
+    .await?;
+    eprintln!("demo: evaluating the test split: retrieval only, generator only, and RAG");
+    demo_step(&[
+        "eval",
+        "--corpus",
+        &c,
+        "--split",
+        "test",
+        "--index",
+        &i,
+        "--mode",
+        "retrieval,generator,rag",
+        "--model",
+        &model,
+    ])
+    .await
 }
 
 /// Demo step: index the corpus's train split with `encoder` into `index`.
@@ -526,9 +575,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dataset { what } => dataset::dataset(what).await,
         Command::Index { what } => retrieval::index(what).await,
         Command::Search(args) => retrieval::search(args).await,
-        Command::Generate(args) => retrieval::generate(args).await,
+        Command::Generate(args) => generation::generate(args).await,
         Command::Train { what } => train::train(what).await,
-        Command::Eval(args) => retrieval::eval(args).await,
+        Command::Eval(args) => generation::eval(args).await,
         Command::Bench {
             what: BenchWhat::Index(args),
         } => retrieval::bench_index(args).await,

@@ -1,23 +1,19 @@
-//! The retrieval commands: `index build`, `search`, `generate --retrieval-only`,
-//! `eval --mode retrieval` and `bench index`. Thin: the work is in the indexer and retriever.
+//! The retrieval commands: `index build`, `search` and `bench index`. Thin: the work is in the
+//! indexer and retriever.
 
-use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
-use evaluator::score::score_pair;
-use evaluator::{CodeText, PairInput, Protocols, Summary};
-use indexer::corpus::{CorpusReader, Split};
-use indexer::encoder::{encoder_from_spec, normalise_unit, parallel_map, to_rgb_on_white, Fnv1a64};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use indexer::corpus::Split;
+use indexer::encoder::{encoder_from_spec, normalise_unit, parallel_map};
 use indexer::index::hnsw::{build_graph, dump_graph, HnswParams};
 use indexer::index::{build_index, BuildOptions};
 use retriever::{resident_bytes, ExactIndex, HnswIndex, Retriever, VectorIndex};
 
-use crate::{fmt_opt, print_table, progress_bar, start_pool, PoolArgs};
+use crate::progress_bar;
 
 #[derive(Subcommand)]
 pub enum IndexCommand {
@@ -71,56 +67,6 @@ pub struct SearchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Args)]
-pub struct GenerateArgs {
-    /// Query image.
-    image: PathBuf,
-    /// Index folder.
-    #[arg(long)]
-    index: PathBuf,
-    /// Answer with the nearest neighbour's code (the only mode until the generator lands).
-    #[arg(long)]
-    retrieval_only: bool,
-    /// Only neighbours whose code uses this dialect token; repeat for several.
-    #[arg(long)]
-    require: Vec<String>,
-    /// Write the code here instead of stdout.
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum EvalMode {
-    /// The top-1 neighbour's code is the prediction.
-    Retrieval,
-}
-
-#[derive(Args)]
-pub struct EvalArgs {
-    /// Corpus folder holding the queries and their ground truth.
-    #[arg(long)]
-    corpus: PathBuf,
-    /// Split whose rows are the queries.
-    #[arg(long, default_value = "test")]
-    split: String,
-    /// Index folder.
-    #[arg(long)]
-    index: PathBuf,
-    #[arg(long, value_enum)]
-    mode: EvalMode,
-    /// Evaluate only the first N rows of the split.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-    /// Write one JSON row per query (neighbour, score, status, IoUs) to this file.
-    #[arg(long)]
-    per_item: Option<PathBuf>,
-    #[command(flatten)]
-    pool: PoolArgs,
 }
 
 #[derive(Args)]
@@ -200,7 +146,7 @@ async fn index_build(args: BuildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn load_retriever(index: &Path, encoder: Option<&str>) -> Result<Retriever> {
+pub(crate) fn load_retriever(index: &Path, encoder: Option<&str>) -> Result<Retriever> {
     let encoder = encoder.map(encoder_from_spec).transpose()?;
     Retriever::load(index, encoder).with_context(|| format!("loading index {}", index.display()))
 }
@@ -235,218 +181,12 @@ pub async fn search(args: SearchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
-    if !args.retrieval_only {
-        bail!("the code generator is not built yet: pass --retrieval-only to answer with the nearest neighbour's code");
-    }
-    let retriever = load_retriever(&args.index, None)?;
-    let set = retriever.search_path(&args.image, 1, &args.require)?;
-    let Some(best) = set.neighbours.first() else {
-        bail!(
-            "no neighbour in {} matches the filter",
-            args.index.display()
-        );
-    };
-    eprintln!("nearest neighbour {} (score {:.4})", best.id, best.score);
-    match &args.out {
-        Some(out) => {
-            std::fs::write(out, &best.code)
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!("{}", out.display());
-        }
-        None => print!("{}", best.code),
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Code with comments and all whitespace removed: two programs are the same shape when
-/// these are equal (our dialect has no other spelling freedom that keeps the shape).
-fn normalise_code(code: &str) -> String {
-    code.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
-        .collect()
-}
-
-fn code_key(code: &str) -> u64 {
-    let mut h = Fnv1a64::new();
-    h.update(normalise_code(code).as_bytes());
-    h.finish()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
     let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
     Some(sorted[rank.min(sorted.len() - 1)])
-}
-
-pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
-    let EvalMode::Retrieval = args.mode;
-    let split: Split = args.split.parse()?;
-    let t = Instant::now();
-    let retriever = load_retriever(&args.index, None)?;
-    let load_seconds = t.elapsed().as_secs_f64();
-    let reader = CorpusReader::open(&args.corpus)?;
-    let available = reader.num_rows(split);
-    let total = args.limit.map_or(available, |l| l.min(available));
-    if total == 0 {
-        bail!("{}: split {split} has no rows", args.corpus.display());
-    }
-    let in_index: HashSet<u64> = retriever
-        .store()
-        .iter()
-        .map(|e| code_key(&e.code))
-        .collect();
-    let mut latencies = Vec::with_capacity(total);
-    let mut with_match = 0usize;
-    let mut hits = [0usize; 3];
-    let mut rows = Vec::with_capacity(total);
-    let mut inputs = Vec::with_capacity(total);
-    for row in reader.rows(split).take(total) {
-        let row = row?;
-        let gt = CodeText::Utf8(row.cadquery.clone());
-        let image = image::load_from_memory(&row.image_png).map(|i| to_rgb_on_white(&i));
-        let (pred, neighbour, score) = match image {
-            Ok(img) => match retriever.search_image(&img, 10, &[]) {
-                Ok(set) => {
-                    latencies.push(set.embed_seconds + set.search_seconds);
-                    let key = code_key(&row.cadquery);
-                    if in_index.contains(&key) {
-                        with_match += 1;
-                        for (h, k) in hits.iter_mut().zip([1usize, 5, 10]) {
-                            if set
-                                .neighbours
-                                .iter()
-                                .take(k)
-                                .any(|n| code_key(&n.code) == key)
-                            {
-                                *h += 1;
-                            }
-                        }
-                    }
-                    match set.neighbours.first() {
-                        Some(n) => (
-                            Some(CodeText::Utf8(n.code.clone())),
-                            Some(n.id.clone()),
-                            Some(n.score),
-                        ),
-                        None => (None, None, None),
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("{} (id {}): {e}", row.origin, row.deepcad_id);
-                    (None, None, None)
-                }
-            },
-            Err(e) => {
-                tracing::warn!(
-                    "{} (id {}): image does not decode: {e}",
-                    row.origin,
-                    row.deepcad_id
-                );
-                (None, None, None)
-            }
-        };
-        let input = PairInput {
-            id: row.deepcad_id.clone(),
-            gt,
-            pred,
-        };
-        rows.push((neighbour, score));
-        inputs.push(input);
-    }
-    // Scoring starts after every query is answered, so latencies are not measured against
-    // CadQuery workers competing for the cores.
-    let pool = start_pool(&args.pool).await?;
-    let bar = progress_bar(total as u64);
-    let mut handles = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let pool = pool.clone();
-        handles.push(tokio::spawn(async move {
-            score_pair(&pool, input, Protocols::ALL).await
-        }));
-    }
-    let mut items = Vec::with_capacity(handles.len());
-    for h in handles {
-        items.push(h.await?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    if let Some(path) = &args.per_item {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?,
-        );
-        for (item, (neighbour, score)) in items.iter().zip(&rows) {
-            let mut v = serde_json::to_value(item)?;
-            v["neighbour_id"] = serde_json::json!(neighbour);
-            v["neighbour_score"] = serde_json::json!(score);
-            writeln!(f, "{v}")?;
-        }
-        f.flush()?;
-    }
-    let summary = Summary::of(&items, t.elapsed().as_secs_f64());
-    latencies.sort_by(f64::total_cmp);
-    let p50 = percentile(&latencies, 50.0).map(|s| s * 1e3);
-    let p95 = percentile(&latencies, 95.0).map(|s| s * 1e3);
-    let scores: Vec<f32> = rows.iter().filter_map(|r| r.1).collect();
-    let mean_score =
-        (!scores.is_empty()).then(|| scores.iter().sum::<f32>() as f64 / scores.len() as f64);
-    let recall = |h: usize| (with_match > 0).then(|| h as f64 / with_match as f64);
-    let recall_note = if with_match == 0 {
-        "n/a: no query has an exact-shape match (same normalised code) in the index"
-    } else {
-        "over queries whose normalised code also occurs in the index"
-    };
-    if args.json {
-        let mut v = summary.to_json(Protocols::ALL);
-        v["mode"] = "retrieval".into();
-        v["index"] = args.index.display().to_string().into();
-        v["encoder"] = retriever.manifest().encoder.id.clone().into();
-        v["split"] = split.as_str().into();
-        v["index_vectors"] = retriever.store().len().into();
-        v["index_load_seconds"] = load_seconds.into();
-        v["top1_score_mean"] = serde_json::json!(mean_score);
-        v["latency_ms"] = serde_json::json!({"p50": p50, "p95": p95, "queries": latencies.len()});
-        v["recall"] = serde_json::json!({
-            "queries_with_exact_match": with_match,
-            "at_1": recall(hits[0]),
-            "at_5": recall(hits[1]),
-            "at_10": recall(hits[2]),
-            "note": recall_note,
-        });
-        println!("{v}");
-    } else {
-        println!(
-            "retrieval-only on {} {} ({} queries), index {} ({} vectors, encoder {}, loaded in {:.3} s)",
-            args.corpus.display(),
-            split,
-            total,
-            args.index.display(),
-            retriever.store().len(),
-            retriever.manifest().encoder.id,
-            load_seconds
-        );
-        print_table(&summary, Protocols::ALL);
-        println!("top-1 score    {} (mean cosine)", fmt_opt(mean_score));
-        println!(
-            "latency        p50 {} ms, p95 {} ms per query (embed + search)",
-            fmt_opt(p50),
-            fmt_opt(p95)
-        );
-        if with_match == 0 {
-            println!("recall@1/5/10  {recall_note}");
-        } else {
-            println!(
-                "recall@1/5/10  {} / {} / {} ({with_match} queries {recall_note})",
-                fmt_opt(recall(hits[0])),
-                fmt_opt(recall(hits[1])),
-                fmt_opt(recall(hits[2]))
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Tiny deterministic PRNG (SplitMix64) for the synthetic benchmark vectors.
@@ -673,15 +413,6 @@ fn bench_index_in(args: &BenchIndexArgs, tmp: &Path) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalised_code_ignores_comments_and_whitespace_only() {
-        let a = "import cadquery as cq\n# sketch 0\nsolid = cq.Workplane().box(1, 2, 3)\n";
-        let b = "import cadquery as cq\nsolid=cq.Workplane().box(1,2,3)";
-        let c = "import cadquery as cq\nsolid=cq.Workplane().box(1,2,4)";
-        assert_eq!(code_key(a), code_key(b));
-        assert_ne!(code_key(a), code_key(c));
-    }
 
     #[test]
     fn percentiles_pick_ranks() {

@@ -1,10 +1,13 @@
-//! `rag train clip`: contrastive training of the small CLIP image <-> code.
+//! `rag train clip` (contrastive image <-> code) and `rag train generator` (image + neighbours
+//! -> code).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
+use generator::model::Arch;
+use generator::{train_generator, GenSize, GenTrainOptions, GenTrainSettings};
 use indexer::clip::{device, train_clip, ClipSize, TrainOptions, TrainSettings};
 
 #[derive(Subcommand)]
@@ -12,6 +15,9 @@ pub enum TrainCommand {
     /// Train the small CLIP (image <-> code) on a corpus's train split; rerun the same command
     /// after an interrupt to resume from the last checkpoint.
     Clip(TrainClipArgs),
+    /// Train the image-to-code generator on a corpus's train split with neighbours from an
+    /// index (leave-one-out); rerun the same command after an interrupt to resume.
+    Generator(TrainGeneratorArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,8 +88,14 @@ fn keep_freed_memory() {
 }
 
 pub async fn train(cmd: TrainCommand) -> Result<ExitCode> {
-    let TrainCommand::Clip(a) = cmd;
     keep_freed_memory();
+    match cmd {
+        TrainCommand::Clip(a) => train_clip_cmd(a).await,
+        TrainCommand::Generator(a) => train_generator_cmd(a).await,
+    }
+}
+
+async fn train_clip_cmd(a: TrainClipArgs) -> Result<ExitCode> {
     let opts = TrainOptions {
         corpus: a.corpus.clone(),
         out: a.out.clone(),
@@ -147,6 +159,189 @@ pub async fn train(cmd: TrainCommand) -> Result<ExitCode> {
                 v.loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into())
             );
         }
+    }
+    if report.interrupted {
+        eprintln!(
+            "interrupted at step {} of {}; rerun the same command to resume",
+            st.step, st.total_steps
+        );
+        return Ok(ExitCode::from(130));
+    }
+    if !st.finished() {
+        eprintln!(
+            "stopped after {} steps (--max-steps) at step {} of {}; rerun to continue",
+            report.steps_this_run, st.step, st.total_steps
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ArchArg {
+    Gpt2,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GenSizeArg {
+    Tiny,
+    Small,
+    Base,
+}
+
+#[derive(clap::Args)]
+pub struct TrainGeneratorArgs {
+    /// Corpus folder (train split learned, validation split for the validation loss).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Index whose neighbours fill the prompts (built on the same corpus's train split).
+    #[arg(long)]
+    index: PathBuf,
+    /// Checkpoint folder to create or resume.
+    #[arg(long)]
+    out: PathBuf,
+    /// Language model architecture.
+    #[arg(long, value_enum, default_value_t = ArchArg::Gpt2)]
+    arch: ArchArg,
+    /// Model size: tiny (tests, demo), small (CPU default), base (GPT-2 small's shape, GPU).
+    #[arg(long = "config", value_enum, default_value_t = GenSizeArg::Small)]
+    size: GenSizeArg,
+    /// A Hugging Face GPT-2 folder (config.json + model.safetensors) whose transformer
+    /// weights start the run; its shape must match --config and the vocabulary.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Neighbours in each prompt.
+    #[arg(short, long, default_value_t = GenTrainSettings::default().k)]
+    k: usize,
+    /// Tokens kept of each neighbour's code.
+    #[arg(long, default_value_t = GenTrainSettings::default().max_neighbour_tokens)]
+    max_neighbour_tokens: usize,
+    /// Tokens of the target code trained on.
+    #[arg(long, default_value_t = GenTrainSettings::default().max_target_tokens)]
+    max_target_tokens: usize,
+    /// Passes over the training rows.
+    #[arg(long, default_value_t = GenTrainSettings::default().epochs)]
+    epochs: usize,
+    /// Sequences per optimizer step.
+    #[arg(long, default_value_t = GenTrainSettings::default().batch)]
+    batch: usize,
+    /// Micro-batches per step (gradient accumulation; same update, less memory).
+    #[arg(long, default_value_t = GenTrainSettings::default().accum)]
+    accum: usize,
+    /// Peak learning rate (warmup, then cosine decay).
+    #[arg(long, default_value_t = GenTrainSettings::default().lr)]
+    lr: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = GenTrainSettings::default().weight_decay)]
+    weight_decay: f64,
+    /// Global gradient-norm clip.
+    #[arg(long, default_value_t = GenTrainSettings::default().clip_norm)]
+    clip_norm: f64,
+    /// Share of prompts trained without neighbours (so generator-only mode works too).
+    #[arg(long, default_value_t = GenTrainSettings::default().neighbour_dropout)]
+    neighbour_dropout: f64,
+    /// BPE vocabulary of the code tokenizer.
+    #[arg(long, default_value_t = GenTrainSettings::default().vocab)]
+    vocab: usize,
+    /// Seed of the initial weights, the order and the dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Train on the first N rows only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Save a checkpoint every N steps.
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Validation loss every N steps.
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
+    /// Validation rows for the validation loss (0: none).
+    #[arg(long, default_value_t = 64)]
+    validation: usize,
+    /// Stop after N steps in this call (checkpointed; rerun to continue).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// cpu, or cuda (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print the final state as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn train_generator_cmd(a: TrainGeneratorArgs) -> Result<ExitCode> {
+    let opts = GenTrainOptions {
+        corpus: a.corpus.clone(),
+        index: a.index.clone(),
+        out: a.out.clone(),
+        settings: GenTrainSettings {
+            arch: match a.arch {
+                ArchArg::Gpt2 => Arch::Gpt2,
+            },
+            size: match a.size {
+                GenSizeArg::Tiny => GenSize::Tiny,
+                GenSizeArg::Small => GenSize::Small,
+                GenSizeArg::Base => GenSize::Base,
+            },
+            k: a.k,
+            max_neighbour_tokens: a.max_neighbour_tokens,
+            max_target_tokens: a.max_target_tokens,
+            epochs: a.epochs,
+            batch: a.batch,
+            accum: a.accum,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            warmup_fraction: GenTrainSettings::default().warmup_fraction,
+            clip_norm: a.clip_norm,
+            neighbour_dropout: a.neighbour_dropout,
+            seed: a.seed,
+            vocab: a.vocab,
+            limit: a.limit,
+        },
+        init: a.init.clone(),
+        checkpoint_every: a.checkpoint_every,
+        eval_every: a.eval_every,
+        validation_rows: a.validation,
+        device: device(&a.device)?,
+        max_steps: a.max_steps,
+    };
+    let interrupt = crate::interrupt_flag();
+    let bar = crate::progress_bar(0);
+    let b = bar.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        train_generator(&opts, &b, &interrupt).map_err(anyhow::Error::from)
+    })
+    .await
+    .context("the training thread panicked")?
+    .with_context(|| format!("training the generator into {}", a.out.display()))?;
+    bar.finish_and_clear();
+    let st = &report.state;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("checkpoint     {}", report.out.display());
+        println!(
+            "steps          {} of {} ({} this run, resumed from {})",
+            st.step, st.total_steps, report.steps_this_run, report.resumed_from
+        );
+        println!(
+            "examples       {} (skipped {})",
+            st.examples, report.skipped
+        );
+        if let Some(why) = &report.first_skip {
+            println!("first skip     {why}");
+        }
+        if let Some((_, loss)) = st.loss_curve.last() {
+            println!("last loss      {loss:.4}");
+        }
+        if let Some((step, loss)) = st.validation_curve.last() {
+            println!("val loss       {loss:.4} (step {step})");
+        }
+        println!(
+            "speed          {:.0} tokens/s this run, {:.1} min and {} tokens in all",
+            report.tokens_per_second,
+            st.seconds / 60.0,
+            st.tokens
+        );
     }
     if report.interrupted {
         eprintln!(

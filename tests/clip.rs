@@ -5,20 +5,11 @@
 
 mod common;
 
-use common::{interrupt_once_written, rag, stderr};
+use common::{interrupt_once_written, ok_json, rag, s, stderr};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use indexer::corpus::{CorpusReader, Split};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok_json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "{}", stderr(o));
-    serde_json::from_slice(&o.stdout).expect("one JSON object on stdout")
-}
 
 /// The tiny model on a tiny corpus: seconds per run.
 fn train_args<'a>(corpus: &'a Path, out: &'a Path, epochs: &'a str) -> Vec<&'a str> {

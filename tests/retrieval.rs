@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{rag, stderr};
+use common::{fails_with, ok_json, rag, s, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -24,24 +24,6 @@ fn pixel_index(corpus: &Path, index: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     rag(&args)
-}
-
-fn ok_json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "{}", stderr(o));
-    serde_json::from_slice(&o.stdout).expect("one JSON object on stdout")
-}
-
-fn fails_with(o: &Output, needle: &str) {
-    assert!(!o.status.success(), "expected failure, got success");
-    assert!(
-        stderr(o).contains(needle),
-        "want `{needle}` in: {}",
-        stderr(o)
-    );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// (id, code, png bytes) of a split's rows.

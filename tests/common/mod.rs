@@ -44,3 +44,24 @@ pub fn interrupt_once_written(cmd: &mut Command, marker: &Path) -> Option<i32> {
     assert!(kill.success());
     child.wait().unwrap().code()
 }
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test paths")
+}
+
+/// The command succeeded and printed one JSON object on stdout.
+pub fn ok_json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object on stdout")
+}
+
+/// The command failed and its stderr mentions `needle`.
+pub fn fails_with(o: &Output, needle: &str) {
+    assert!(
+        !o.status.success(),
+        "expected a failure mentioning {needle:?}"
+    );
+    let err = stderr(o);
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}

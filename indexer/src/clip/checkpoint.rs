@@ -133,13 +133,13 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Cli
 }
 
 /// Runs `write` on `path.tmp`, then renames it over `path`, so a crash leaves the old file.
-pub fn write_atomic(
+pub fn write_atomic<E: From<ClipError>>(
     path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), ClipError>,
-) -> Result<(), ClipError> {
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| ClipError::io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| ClipError::io(path, e).into())
 }

@@ -60,16 +60,17 @@ impl Dense {
     }
 }
 
-/// Layer norm through candle's composable (differentiable) ops.
+/// Layer norm through candle's composable (differentiable) ops (the fused one has no backward).
 #[derive(Debug, Clone)]
-struct LayerNorm {
+pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f32,
 }
 
 impl LayerNorm {
-    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    /// `weight` (ones) and `bias` (zeros) of length `dim` under `vb`.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(LayerNorm {
             weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
             bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
@@ -77,7 +78,8 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Normalises the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
     }
 }

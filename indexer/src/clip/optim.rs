@@ -68,6 +68,9 @@ impl AdamW {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
+            // Gradients can carry their backward graph (and with it the step's activations):
+            // detached, the moments do not chain every step's graph to the next.
+            let g = &g.detach();
             p.m = ((&p.m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             p.v = ((&p.v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let update = (&p.m / bc1)?.div(&((&p.v / bc2)?.sqrt()? + self.eps)?)?;

@@ -329,7 +329,7 @@ fn seeded_init(varmap: &VarMap, seed: u64, config: &ClipConfig) -> Result<(), Cl
                 let fan_in: usize = shape.dims()[1..].iter().product();
                 1.0 / (fan_in.max(1) as f64).sqrt()
             };
-            (0..n).map(|_| (normal(&mut rng) * std) as f32).collect()
+            (0..n).map(|_| (rng.normal() * std) as f32).collect()
         };
         let t = Tensor::from_vec(values, shape, var.device())
             .map_err(|e| ClipError::candle("initialising weights", e))?;
@@ -339,14 +339,8 @@ fn seeded_init(varmap: &VarMap, seed: u64, config: &ClipConfig) -> Result<(), Cl
     Ok(())
 }
 
-fn normal(rng: &mut Rng) -> f64 {
-    let u = rng.unit().max(1e-12);
-    let v = rng.unit();
-    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-}
-
 /// The order of pairs in `epoch`: a seeded shuffle, the same on every run and resume.
-fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = Rng::new(seed, 1 + epoch as u64);
     for i in (1..n).rev() {

@@ -35,6 +35,13 @@ impl Rng {
         lo + (self.next_u64() % (hi - lo + 1) as u64) as i64
     }
 
+    /// Standard normal (Box-Muller), for seeded weight initialisation.
+    pub fn normal(&mut self) -> f64 {
+        let u = self.unit().max(1e-12);
+        let v = self.unit();
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
     /// Uniform in [lo, hi).
     pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.unit()

@@ -1,0 +1,566 @@
+//! `generate` and `eval`: image -> code by retrieval, the generator, or both, and the scoring
+//! of a corpus split with the real metrics. Thin: the work is in the generator crate.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use evaluator::score::score_pair;
+use evaluator::{CodeText, PairInput, Protocols, Summary};
+use generator::{answer_image, answer_vector, Answer, DecodeOptions, Generator, Mode, Strategy};
+use indexer::corpus::{CorpusReader, Split};
+use indexer::encoder::{load_image, to_rgb_on_white, Fnv1a64};
+use retriever::Retriever;
+
+use crate::retrieval::{load_retriever, percentile};
+use crate::{fmt_opt, print_table, progress_bar, start_pool, PoolArgs};
+
+/// Decoding options shared by `generate` and `eval`.
+#[derive(Args, Clone)]
+pub struct DecodeArgs {
+    /// Beam width (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    beam: usize,
+    /// Sample (top-p) instead of greedy or beam search.
+    #[arg(long, conflicts_with = "beam")]
+    sample: bool,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sampling nucleus mass.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Most tokens to write.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: usize,
+    /// Decode without the dialect grammar (outputs may then fail to parse).
+    #[arg(long)]
+    unconstrained: bool,
+    /// cpu, or cuda (a build with `--features cuda`); default: the GPU when there is one.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl DecodeArgs {
+    fn options(&self) -> DecodeOptions {
+        let strategy = if self.sample {
+            Strategy::Sample {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: self.seed,
+            }
+        } else if self.beam > 1 {
+            Strategy::Beam { width: self.beam }
+        } else {
+            Strategy::Greedy
+        };
+        DecodeOptions {
+            strategy,
+            max_tokens: self.max_tokens,
+            constrained: !self.unconstrained,
+        }
+    }
+
+    fn load(&self, model: &Path, retriever: &Retriever) -> Result<Generator> {
+        let device = match &self.device {
+            Some(d) => indexer::clip::device(d)?,
+            None => indexer::clip::preferred_device(),
+        };
+        let g = Generator::load(model, &device)
+            .with_context(|| format!("loading generator {}", model.display()))?;
+        g.check_encoder(&retriever.manifest().encoder)?;
+        Ok(g)
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Query image.
+    image: PathBuf,
+    /// Index folder (its encoder embeds the query).
+    #[arg(long)]
+    index: PathBuf,
+    /// Generator checkpoint (from `rag train generator`).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Answer with the nearest neighbour's code.
+    #[arg(long, conflicts_with = "model")]
+    retrieval_only: bool,
+    /// With --model: leave the neighbours out of the prompt (generator only).
+    #[arg(long, requires = "model")]
+    no_neighbours: bool,
+    /// Only neighbours whose code uses this dialect token (retrieval only); repeat for several.
+    #[arg(long, requires = "retrieval_only")]
+    require: Vec<String>,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Write the code here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
+    let retriever = load_retriever(&args.index, None)?;
+    let code = if args.retrieval_only {
+        let set = retriever.search_path(&args.image, 1, &args.require)?;
+        let Some(best) = set.neighbours.first() else {
+            bail!(
+                "no neighbour in {} matches the filter",
+                args.index.display()
+            );
+        };
+        eprintln!("nearest neighbour {} (score {:.4})", best.id, best.score);
+        best.code.clone()
+    } else {
+        let Some(model) = &args.model else {
+            bail!("pass --model CKPT (a generator from `rag train generator`) or --retrieval-only (the nearest neighbour's code)");
+        };
+        let g = args.decode.load(model, &retriever)?;
+        let image = load_image(&args.image)?;
+        let mode = if args.no_neighbours {
+            Mode::Generator
+        } else {
+            Mode::Rag
+        };
+        let a = answer_image(
+            &retriever,
+            Some(&g),
+            &image,
+            mode,
+            1,
+            &args.decode.options(),
+        )?;
+        let gen = a.generation.as_ref().expect("model modes generate");
+        eprintln!(
+            "{} wrote {} tokens in {:.2} s ({}){}",
+            mode.as_str(),
+            gen.tokens,
+            a.seconds(),
+            if gen.finished {
+                "finished"
+            } else {
+                "cut at the token budget"
+            },
+            match (mode, a.neighbours.first()) {
+                (Mode::Rag, Some(n)) =>
+                    format!("; nearest neighbour {} (score {:.4})", n.id, n.score),
+                _ => String::new(),
+            }
+        );
+        a.code
+    };
+    match &args.out {
+        Some(out) => {
+            std::fs::write(out, &code).with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", out.display());
+        }
+        None => print!("{code}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalMode {
+    /// The top-1 neighbour's code is the prediction.
+    Retrieval,
+    /// The generator with no neighbours in its prompt.
+    Generator,
+    /// The generator with the top-k neighbours in its prompt.
+    Rag,
+}
+
+impl From<EvalMode> for Mode {
+    fn from(m: EvalMode) -> Self {
+        match m {
+            EvalMode::Retrieval => Mode::Retrieval,
+            EvalMode::Generator => Mode::Generator,
+            EvalMode::Rag => Mode::Rag,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Corpus folder holding the queries and their ground truth.
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Split whose rows are the queries.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Index folder.
+    #[arg(long)]
+    index: PathBuf,
+    /// Modes to compare (comma-separated): retrieval, generator, rag.
+    #[arg(long, value_enum, value_delimiter = ',', required = true)]
+    mode: Vec<EvalMode>,
+    /// Generator checkpoint (needed by the generator and rag modes).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Evaluate only the first N rows of the split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print one JSON object (one per mode under "modes" when several are asked).
+    #[arg(long)]
+    json: bool,
+    /// Write one JSON row per query and mode (prediction source, status, IoUs) to this file.
+    #[arg(long)]
+    per_item: Option<PathBuf>,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+/// Code with comments and all whitespace removed: two programs are the same shape when
+/// these are equal (our dialect has no other spelling freedom that keeps the shape).
+fn normalise_code(code: &str) -> String {
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+        .collect()
+}
+
+fn code_key(code: &str) -> u64 {
+    let mut h = Fnv1a64::new();
+    h.update(normalise_code(code).as_bytes());
+    h.finish()
+}
+
+/// One mode's predictions over the split.
+struct ModeRun {
+    mode: Mode,
+    inputs: Vec<PairInput>,
+    latencies: Vec<f64>,
+    /// Per query: what produced the prediction (neighbour or generation facts).
+    notes: Vec<serde_json::Value>,
+}
+
+fn note(a: &Answer) -> serde_json::Value {
+    let top = a.neighbours.first();
+    let mut v = serde_json::json!({
+        "neighbour_id": top.map(|n| n.id.clone()),
+        "neighbour_score": top.map(|n| n.score),
+        "answer_seconds": a.seconds(),
+    });
+    if let Some(g) = &a.generation {
+        v["tokens"] = g.tokens.into();
+        v["finished"] = g.finished.into();
+        v["log_prob"] = g.log_prob.into();
+    }
+    v
+}
+
+pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
+    let split: Split = args.split.parse()?;
+    let modes: Vec<Mode> = {
+        let mut seen = Vec::new();
+        for m in &args.mode {
+            let m = Mode::from(*m);
+            if !seen.contains(&m) {
+                seen.push(m);
+            }
+        }
+        seen
+    };
+    let t = Instant::now();
+    let retriever = load_retriever(&args.index, None)?;
+    let load_seconds = t.elapsed().as_secs_f64();
+    let needs_model = modes.iter().any(|m| *m != Mode::Retrieval);
+    let generator = match (&args.model, needs_model) {
+        (Some(m), true) => Some(args.decode.load(m, &retriever)?),
+        (None, true) => {
+            bail!("modes generator and rag need --model CKPT (from `rag train generator`)")
+        }
+        _ => None,
+    };
+    let opts = args.decode.options();
+    let reader = CorpusReader::open(&args.corpus)?;
+    let available = reader.num_rows(split);
+    let total = args.limit.map_or(available, |l| l.min(available));
+    if total == 0 {
+        bail!("{}: split {split} has no rows", args.corpus.display());
+    }
+    let in_index: HashSet<u64> = retriever
+        .store()
+        .iter()
+        .map(|e| code_key(&e.code))
+        .collect();
+    let mut runs: Vec<ModeRun> = modes
+        .iter()
+        .map(|&mode| ModeRun {
+            mode,
+            inputs: Vec::with_capacity(total),
+            latencies: Vec::with_capacity(total),
+            notes: Vec::with_capacity(total),
+        })
+        .collect();
+    let mut with_match = 0usize;
+    let mut hits = [0usize; 3];
+    let bar = progress_bar(total as u64);
+    bar.set_message(format!(
+        "answering {split} queries ({})",
+        modes
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for row in reader.rows(split).take(total) {
+        let row = row?;
+        let image = image::load_from_memory(&row.image_png)
+            .map(|i| to_rgb_on_white(&i))
+            .map_err(|e| format!("image does not decode: {e}"));
+        let embedded = image.and_then(|img| {
+            let t = Instant::now();
+            retriever
+                .encoder()
+                .encode(&img)
+                .map(|v| (v, t.elapsed().as_secs_f64()))
+                .map_err(|e| e.to_string())
+        });
+        let key = code_key(&row.cadquery);
+        let mut counted = false;
+        for run in runs.iter_mut() {
+            let answer = embedded
+                .as_ref()
+                .map_err(|e| e.clone())
+                .and_then(|(v, embed)| {
+                    answer_vector(&retriever, generator.as_ref(), v, run.mode, 10, &opts)
+                        .map(|mut a| {
+                            a.embed_seconds = *embed;
+                            a
+                        })
+                        .map_err(|e| e.to_string())
+                });
+            let pred = match answer {
+                Ok(a) => {
+                    run.latencies.push(a.seconds());
+                    if !counted && in_index.contains(&key) {
+                        counted = true;
+                        with_match += 1;
+                        for (h, k) in hits.iter_mut().zip([1usize, 5, 10]) {
+                            if a.neighbours
+                                .iter()
+                                .take(k)
+                                .any(|n| code_key(&n.code) == key)
+                            {
+                                *h += 1;
+                            }
+                        }
+                    }
+                    run.notes.push(note(&a));
+                    (!a.code.is_empty()).then_some(CodeText::Utf8(a.code))
+                }
+                Err(e) => {
+                    tracing::warn!("{} (id {}): {e}", row.origin, row.deepcad_id);
+                    run.notes.push(serde_json::json!({ "error": e }));
+                    None
+                }
+            };
+            run.inputs.push(PairInput {
+                id: row.deepcad_id.clone(),
+                gt: CodeText::Utf8(row.cadquery.clone()),
+                pred,
+            });
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    // Scoring starts after every query is answered, so latencies are not measured against
+    // CadQuery workers competing for the cores.
+    let pool = start_pool(&args.pool).await?;
+    let bar = progress_bar((total * runs.len()) as u64);
+    bar.set_message("scoring");
+    let mut handles = Vec::new();
+    for run in &runs {
+        let mut hs = Vec::with_capacity(run.inputs.len());
+        for input in &run.inputs {
+            let pool = pool.clone();
+            let input = input.clone();
+            hs.push(tokio::spawn(async move {
+                score_pair(&pool, input, Protocols::ALL).await
+            }));
+        }
+        handles.push(hs);
+    }
+    let mut items = Vec::with_capacity(runs.len());
+    for hs in handles {
+        let mut got = Vec::with_capacity(hs.len());
+        for h in hs {
+            got.push(h.await?);
+            bar.inc(1);
+        }
+        items.push(got);
+    }
+    bar.finish_and_clear();
+    if let Some(path) = &args.per_item {
+        write_per_item(path, &runs, &items)?;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    let recall = |h: usize| (with_match > 0).then(|| h as f64 / with_match as f64);
+    let recall_note = if with_match == 0 {
+        "n/a: no query has an exact-shape match (same normalised code) in the index"
+    } else {
+        "over queries whose normalised code also occurs in the index"
+    };
+    let mut reports = Vec::new();
+    for (run, its) in runs.iter_mut().zip(&items) {
+        let summary = Summary::of(its, seconds);
+        run.latencies.sort_by(f64::total_cmp);
+        let p50 = percentile(&run.latencies, 50.0).map(|s| s * 1e3);
+        let p95 = percentile(&run.latencies, 95.0).map(|s| s * 1e3);
+        let mut v = summary.to_json(Protocols::ALL);
+        v["mode"] = run.mode.as_str().into();
+        v["index"] = args.index.display().to_string().into();
+        v["encoder"] = retriever.manifest().encoder.id.clone().into();
+        v["split"] = split.as_str().into();
+        v["index_vectors"] = retriever.store().len().into();
+        v["index_load_seconds"] = load_seconds.into();
+        v["latency_ms"] =
+            serde_json::json!({"p50": p50, "p95": p95, "queries": run.latencies.len()});
+        if run.mode == Mode::Retrieval {
+            let scores: Vec<f64> = run
+                .notes
+                .iter()
+                .filter_map(|n| n["neighbour_score"].as_f64())
+                .collect();
+            let mean =
+                (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
+            v["top1_score_mean"] = serde_json::json!(mean);
+            v["recall"] = serde_json::json!({
+                "queries_with_exact_match": with_match,
+                "at_1": recall(hits[0]),
+                "at_5": recall(hits[1]),
+                "at_10": recall(hits[2]),
+                "note": recall_note,
+            });
+        } else {
+            v["model"] = args.model.as_ref().map(|m| m.display().to_string()).into();
+            v["decode"] = serde_json::to_value(opts)?;
+            let finished = run
+                .notes
+                .iter()
+                .filter(|n| n["finished"].as_bool() == Some(true))
+                .count();
+            v["finished"] = finished.into();
+        }
+        reports.push((summary, v));
+    }
+    if args.json {
+        if reports.len() == 1 {
+            println!("{}", reports[0].1);
+        } else {
+            let all: Vec<&serde_json::Value> = reports.iter().map(|r| &r.1).collect();
+            println!("{}", serde_json::json!({ "modes": all }));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} {} ({} queries), index {} ({} vectors, encoder {}, loaded in {:.3} s){}",
+        args.corpus.display(),
+        split,
+        total,
+        args.index.display(),
+        retriever.store().len(),
+        retriever.manifest().encoder.id,
+        load_seconds,
+        args.model
+            .as_ref()
+            .map(|m| format!(", model {}", m.display()))
+            .unwrap_or_default()
+    );
+    for (summary, v) in &reports {
+        println!("\n== mode {} ==", v["mode"].as_str().unwrap_or(""));
+        print_table(summary, Protocols::ALL);
+        println!(
+            "latency        p50 {} ms, p95 {} ms per query",
+            fmt_opt(v["latency_ms"]["p50"].as_f64()),
+            fmt_opt(v["latency_ms"]["p95"].as_f64())
+        );
+        if v["mode"] == "retrieval" {
+            println!(
+                "top-1 score    {} (mean cosine)",
+                fmt_opt(v["top1_score_mean"].as_f64())
+            );
+            if with_match == 0 {
+                println!("recall@1/5/10  {recall_note}");
+            } else {
+                println!(
+                    "recall@1/5/10  {} / {} / {} ({with_match} queries {recall_note})",
+                    fmt_opt(recall(hits[0])),
+                    fmt_opt(recall(hits[1])),
+                    fmt_opt(recall(hits[2]))
+                );
+            }
+        } else {
+            println!(
+                "finished       {} of {} (ended by the model, not the token budget)",
+                v["finished"], total
+            );
+        }
+    }
+    if reports.len() > 1 {
+        println!(
+            "\n{:<10} {:>6} {:>12} {:>12} {:>12} {:>12} {:>10}",
+            "mode", "VSR", "shell(valid)", "shell(all)", "vol(valid)", "vol(all)", "p50 ms"
+        );
+        for (s, v) in &reports {
+            println!(
+                "{:<10} {:>6.3} {:>12} {:>12} {:>12} {:>12} {:>10}",
+                v["mode"].as_str().unwrap_or(""),
+                s.vsr,
+                fmt_opt(s.shell_iou_mean_valid),
+                fmt_opt(s.shell_iou_mean_all),
+                fmt_opt(s.volume_iou_mean_valid),
+                fmt_opt(s.volume_iou_mean_all),
+                fmt_opt(v["latency_ms"]["p50"].as_f64())
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_per_item(
+    path: &Path,
+    runs: &[ModeRun],
+    items: &[Vec<evaluator::ItemScore>],
+) -> Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?,
+    );
+    for (run, its) in runs.iter().zip(items) {
+        for (item, n) in its.iter().zip(&run.notes) {
+            let mut v = serde_json::to_value(item)?;
+            v["mode"] = run.mode.as_str().into();
+            if let (Some(obj), Some(extra)) = (v.as_object_mut(), n.as_object()) {
+                for (k, x) in extra {
+                    obj.entry(k.clone()).or_insert(x.clone());
+                }
+            }
+            writeln!(f, "{v}")?;
+        }
+    }
+    f.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalised_code_ignores_comments_and_whitespace_only() {
+        let a = "import cadquery as cq\n# sketch 0\nsolid = cq.Workplane().box(1, 2, 3)\n";
+        let b = "import cadquery as cq\nsolid=cq.Workplane().box(1,2,3)";
+        let c = "import cadquery as cq\nsolid=cq.Workplane().box(1,2,4)";
+        assert_eq!(code_key(a), code_key(b));
+        assert_ne!(code_key(a), code_key(c));
+    }
+}

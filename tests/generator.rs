@@ -1,0 +1,318 @@
+//! End-to-end: `rag train generator` on a real synthetic corpus and a real pixel index (fresh,
+//! stopped and resumed exactly, interrupted with Ctrl-C and resumed), `rag generate --model`
+//! (RAG and generator-only, greedy, beam and sampled), `rag eval` comparing the three modes,
+//! and the errors the issue lists. Needs the CadQuery environment (synth and scoring).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{fails_with, interrupt_once_written, ok_json, rag, s, stderr};
+use generator::grammar::parses;
+use indexer::corpus::{CorpusReader, Split};
+
+fn train_args<'a>(
+    corpus: &'a Path,
+    index: &'a Path,
+    out: &'a Path,
+    epochs: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "train",
+        "generator",
+        "--corpus",
+        s(corpus),
+        "--index",
+        s(index),
+        "--out",
+        s(out),
+        "--config",
+        "tiny",
+        "--epochs",
+        epochs,
+        "--batch",
+        "8",
+        "--accum",
+        "2",
+        "--vocab",
+        "400",
+        "-k",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--eval-every",
+        "3",
+        "--json",
+    ]
+}
+
+fn file(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
+}
+
+#[test]
+fn train_resume_generate_and_eval_with_a_tiny_generator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    let synth = rag(&[
+        "dataset",
+        "synth",
+        "--n",
+        "60",
+        "--seed",
+        "11",
+        "--val",
+        "0.15",
+        "--test",
+        "0.1",
+        "--out",
+        s(&corpus),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let n_train = CorpusReader::open(&corpus).unwrap().num_rows(Split::Train);
+    let index = tmp.path().join("index");
+    ok_json(&rag(&[
+        "index",
+        "build",
+        "--corpus",
+        s(&corpus),
+        "--encoder",
+        "pixel",
+        "--out",
+        s(&index),
+        "--json",
+    ]));
+
+    // A straight run: every checkpoint file, curves, and a falling loss.
+    let straight = tmp.path().join("straight");
+    let report = ok_json(&rag(&train_args(&corpus, &index, &straight, "4")));
+    let st = &report["state"];
+    let steps = (n_train / 8) * 4;
+    assert_eq!(st["examples"], n_train);
+    assert_eq!(st["step"], steps);
+    assert_eq!(report["interrupted"], false);
+    assert!(report["tokens_per_second"].as_f64().unwrap() > 0.0);
+    let curve = st["loss_curve"].as_array().unwrap();
+    let first = curve.first().unwrap()[1].as_f64().unwrap();
+    let last = curve.last().unwrap()[1].as_f64().unwrap();
+    assert!(last < first, "loss {first} -> {last}");
+    assert!(!st["validation_curve"].as_array().unwrap().is_empty());
+    for f in [
+        "config.json",
+        "generator.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "training.json",
+        "optimizer.safetensors",
+        "examples.safetensors",
+    ] {
+        assert!(straight.join(f).is_file(), "{f}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&file(&straight, "config.json")).unwrap();
+    assert_eq!(config["model_type"], "gpt2");
+
+    // Stopped after 3 steps, then resumed: the same weights, bit for bit.
+    let split = tmp.path().join("split");
+    let mut part = train_args(&corpus, &index, &split, "4");
+    part.extend(["--max-steps", "3"]);
+    assert_eq!(ok_json(&rag(&part))["state"]["step"], 3);
+    let rest = ok_json(&rag(&train_args(&corpus, &index, &split, "4")));
+    assert_eq!(rest["resumed_from"], 3);
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "tokenizer.json",
+    ] {
+        assert!(
+            file(&split, f) == file(&straight, f),
+            "{f} differs after a resume"
+        );
+    }
+    fails_with(
+        &rag(&train_args(&corpus, &index, &split, "5")),
+        "other settings",
+    );
+
+    // Ctrl-C once a checkpoint exists: exit 130, then the same command finishes.
+    let long = tmp.path().join("long");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rag"));
+    cmd.args(train_args(&corpus, &index, &long, "300"));
+    assert_eq!(
+        interrupt_once_written(&mut cmd, &long.join("training.json")),
+        Some(130)
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&file(&long, "training.json")).unwrap();
+    let at = saved["step"].as_u64().unwrap();
+    assert!(at < saved["total_steps"].as_u64().unwrap());
+    let mut short = train_args(&corpus, &index, &long, "300");
+    short.extend(["--max-steps", "1"]);
+    assert_eq!(ok_json(&rag(&short))["resumed_from"], at);
+
+    // generate: RAG (greedy, beam, sampled) and generator-only; constrained output parses.
+    let row = CorpusReader::open(&corpus)
+        .unwrap()
+        .rows(Split::Test)
+        .next()
+        .unwrap()
+        .unwrap();
+    let query = tmp.path().join("query.png");
+    std::fs::write(&query, &row.image_png).unwrap();
+    for extra in [
+        &[][..],
+        &["--beam", "3"],
+        &["--sample", "--seed", "4"],
+        &["--no-neighbours"],
+    ] {
+        let out = tmp.path().join("gen.py");
+        let mut args = vec![
+            "generate",
+            s(&query),
+            "--index",
+            s(&index),
+            "--model",
+            s(&straight),
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        let g = rag(&args);
+        assert!(g.status.success(), "{extra:?}: {}", stderr(&g));
+        let code = std::fs::read_to_string(&out).unwrap();
+        assert!(code.starts_with("import cadquery as cq\n"), "{code}");
+        if stderr(&g).contains("(finished)") {
+            let body: String = code
+                .lines()
+                .skip(1)
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(parses(&body), Ok(()), "{extra:?}: {code}");
+        }
+    }
+
+    // eval: the three modes side by side, each with the evaluator's fields.
+    let per_item = tmp.path().join("items.jsonl");
+    let e = ok_json(&rag(&[
+        "eval",
+        "--corpus",
+        s(&corpus),
+        "--split",
+        "test",
+        "--index",
+        s(&index),
+        "--mode",
+        "retrieval,generator,rag",
+        "--model",
+        s(&straight),
+        "--limit",
+        "3",
+        "--max-tokens",
+        "200",
+        "--per-item",
+        s(&per_item),
+        "--json",
+    ]));
+    let modes = e["modes"].as_array().unwrap();
+    let names: Vec<&str> = modes.iter().map(|m| m["mode"].as_str().unwrap()).collect();
+    assert_eq!(names, ["retrieval", "generator", "rag"]);
+    for m in modes {
+        assert_eq!(m["n"], 3);
+        let vsr = m["vsr"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&vsr), "{m}");
+        assert!(m["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{m}");
+        assert!(m.get("volume_iou_mean_all").is_some(), "{m}");
+    }
+    assert_eq!(modes[0]["vsr"], 1.0, "neighbours' code runs");
+    let items = std::fs::read_to_string(&per_item).unwrap();
+    assert_eq!(items.lines().count(), 9);
+    assert!(items.lines().all(|l| l.contains("\"mode\"")));
+
+    // Errors: no model for a model mode, another architecture, another encoder's index,
+    // another tokenizer, another configuration's weights, an unreadable image.
+    fails_with(
+        &rag(&[
+            "eval",
+            "--corpus",
+            s(&corpus),
+            "--index",
+            s(&index),
+            "--mode",
+            "rag",
+        ]),
+        "need --model",
+    );
+    fails_with(
+        &rag(&["generate", s(&query), "--index", s(&index)]),
+        "--retrieval-only",
+    );
+    let gen_with = |model: &Path, idx: &Path, img: &Path| {
+        rag(&["generate", s(img), "--index", s(idx), "--model", s(model)])
+    };
+    let broken = |name: &str, harm: &dyn Fn(&Path)| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in [
+            "config.json",
+            "generator.json",
+            "model.safetensors",
+            "tokenizer.json",
+        ] {
+            std::fs::copy(straight.join(f), d.join(f)).unwrap();
+        }
+        harm(&d);
+        d
+    };
+    let t5 = broken("t5", &|d| {
+        let mut c: serde_json::Value = serde_json::from_slice(&file(d, "config.json")).unwrap();
+        c["model_type"] = "t5".into();
+        std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    });
+    fails_with(&gen_with(&t5, &index, &query), "another architecture");
+    let wider = broken("wider", &|d| {
+        let mut c: serde_json::Value = serde_json::from_slice(&file(d, "config.json")).unwrap();
+        c["n_embd"] = 128.into();
+        std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+    });
+    fails_with(&gen_with(&wider, &index, &query), "another configuration");
+    let retok = broken("retok", &|d| {
+        std::fs::copy(long.join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
+        let clip_like = tmp.path().join("other-vocab");
+        let mut args = train_args(&corpus, &index, &clip_like, "1");
+        let v = args.iter().position(|a| *a == "400").unwrap();
+        args[v] = "350";
+        ok_json(&rag(&args));
+        std::fs::copy(clip_like.join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
+    });
+    fails_with(&gen_with(&retok, &index, &query), "tokenizer mismatch");
+    let index16 = tmp.path().join("index16");
+    ok_json(&rag(&[
+        "index",
+        "build",
+        "--corpus",
+        s(&corpus),
+        "--encoder",
+        "pixel-16",
+        "--out",
+        s(&index16),
+        "--json",
+    ]));
+    fails_with(&gen_with(&straight, &index16, &query), "encoder pixel-32");
+    fails_with(&gen_with(&index, &index, &query), "no config.json");
+    let junk = tmp.path().join("junk.png");
+    std::fs::write(&junk, b"not an image").unwrap();
+    fails_with(
+        &gen_with(&straight, &index, &junk),
+        "not a readable PNG/JPEG",
+    );
+    fails_with(
+        &rag(&train_args(
+            &corpus,
+            &tmp.path().join("missing-index"),
+            &tmp.path().join("x"),
+            "1",
+        )),
+        "no index here",
+    );
+}
