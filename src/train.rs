@@ -205,8 +205,8 @@ pub struct TrainGeneratorArgs {
     /// Model size: tiny (tests, demo), small (CPU default), base (GPT-2 small's shape, GPU).
     #[arg(long = "config", value_enum, default_value_t = GenSizeArg::Small)]
     size: GenSizeArg,
-    /// A Hugging Face GPT-2 folder (config.json + model.safetensors) whose transformer
-    /// weights start the run; its shape must match --config and the vocabulary.
+    /// A Hugging Face GPT-2 folder (config.json, model.safetensors, tokenizer.json) that
+    /// starts the run: its shape and tokenizer replace --config and --vocab.
     #[arg(long)]
     init: Option<PathBuf>,
     /// Neighbours in each prompt.
@@ -296,8 +296,8 @@ async fn train_generator_cmd(a: TrainGeneratorArgs) -> Result<ExitCode> {
             seed: a.seed,
             vocab: a.vocab,
             limit: a.limit,
+            init: a.init.clone(),
         },
-        init: a.init.clone(),
         checkpoint_every: a.checkpoint_every,
         eval_every: a.eval_every,
         validation_rows: a.validation,

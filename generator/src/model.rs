@@ -308,11 +308,14 @@ pub fn load_weights(
 
 /// Copies a pretrained HF GPT-2's weights into `varmap` (names with or without the
 /// `transformer.` prefix, as `GPT2Model` and `GPT2LMHeadModel` save them); every transformer
-/// variable must be found with the same shape. Returns how many tensors were copied.
+/// variable must be found with the same shape, except `wte`, which may have grown by the
+/// prompt's special tokens (its new rows keep their initial values). Returns how many tensors
+/// were copied.
 pub fn load_pretrained(varmap: &VarMap, dir: &Path) -> Result<usize, GeneratorError> {
     let w = dir.join(WEIGHTS_FILE);
     let tensors = load_weights(&w, &Device::Cpu)?;
     let data = varmap.data().lock().expect("varmap lock");
+    let copy_err = |e| GeneratorError::candle("copying pretrained weights", e);
     let mut copied = 0;
     for (name, var) in data.iter() {
         let Some(short) = name.strip_prefix("transformer.") else {
@@ -322,7 +325,18 @@ pub fn load_pretrained(varmap: &VarMap, dir: &Path) -> Result<usize, GeneratorEr
             .get(name)
             .or_else(|| tensors.get(short))
             .ok_or_else(|| bad(&w, format!("has no tensor {short}")))?;
-        if t.shape() != var.shape() {
+        let t = t.to_device(var.device()).map_err(copy_err)?;
+        let grown = short == "wte.weight"
+            && t.rank() == 2
+            && var.rank() == 2
+            && t.dim(1).ok() == var.dim(1).ok()
+            && t.dim(0).unwrap_or(0) < var.dim(0).unwrap_or(0);
+        let value = if grown {
+            let old = t.dim(0).map_err(copy_err)?;
+            let extra = var.dim(0).map_err(copy_err)? - old;
+            let fresh = var.as_tensor().narrow(0, old, extra).map_err(copy_err)?;
+            Tensor::cat(&[&t, &fresh], 0).map_err(copy_err)?
+        } else if t.shape() != var.shape() {
             return Err(bad(
                 &w,
                 format!(
@@ -331,15 +345,51 @@ pub fn load_pretrained(varmap: &VarMap, dir: &Path) -> Result<usize, GeneratorEr
                     var.dims()
                 ),
             ));
-        }
-        var.set(
-            &t.to_device(var.device())
-                .map_err(|e| GeneratorError::candle("copying weights", e))?,
-        )
-        .map_err(|e| GeneratorError::candle("copying weights", e))?;
+        } else {
+            t
+        };
+        var.set(&value).map_err(copy_err)?;
         copied += 1;
     }
     Ok(copied)
+}
+
+/// The tokenizer and model shape of a run that starts from a pretrained HF GPT-2 folder: its
+/// `tokenizer.json` with the prompt's special tokens added, and its `config.json` with the
+/// vocabulary grown to match; the layout's longest prompt must fit its positions.
+pub fn pretrained_start(
+    dir: &Path,
+    layout: &PromptLayout,
+    prefix_len: usize,
+) -> Result<(GenTokenizer, Gpt2Config), GeneratorError> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    if !cfg_path.is_file() {
+        return Err(bad(dir, "not a GPT-2 checkpoint folder (no config.json)"));
+    }
+    let mut gpt: Gpt2Config = read_json(&cfg_path)?;
+    gpt.validate().map_err(|m| bad(&cfg_path, m))?;
+    let tok = GenTokenizer::from_pretrained(&dir.join(TOKENIZER_FILE))?;
+    if tok.vocab_size() < gpt.vocab_size {
+        return Err(bad(
+            &dir.join(TOKENIZER_FILE),
+            format!(
+                "tokenizer mismatch: {} tokens, config.json has vocab_size {}",
+                tok.vocab_size(),
+                gpt.vocab_size
+            ),
+        ));
+    }
+    gpt.vocab_size = tok.vocab_size();
+    gpt.eos_token_id = Some(tok.end_id());
+    let needed = layout.max_positions(prefix_len);
+    if needed > gpt.n_positions {
+        return Err(GeneratorError::Settings(format!(
+            "prompts need up to {needed} positions, {} has {}; lower --max-neighbour-tokens, --max-target-tokens or -k",
+            dir.display(),
+            gpt.n_positions
+        )));
+    }
+    Ok((tok, gpt))
 }
 
 impl Generator {
@@ -498,6 +548,111 @@ mod tests {
                 *program
             );
         }
+    }
+
+    /// A folder laid out like a Hugging Face `gpt2` download: GPT2Model names (no
+    /// `transformer.` prefix) and a byte-level BPE tokenizer with only `<|endoftext|>`.
+    fn hf_gpt2_folder(dir: &Path, n_embd: usize) -> (usize, HashMap<String, Tensor>) {
+        use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+        use tokenizers::models::TrainerWrapper;
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        let mut hf = tokenizers::Tokenizer::new(BPE::default());
+        // GPT-2's own settings: no prefix space, offsets trimmed, the word-splitting regex.
+        hf.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        hf.with_decoder(Some(ByteLevel::new(false, true, true)));
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(300)
+            .show_progress(false)
+            .special_tokens(vec![tokenizers::AddedToken::from("<|endoftext|>", true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        hf.train(&mut trainer, PROGRAMS.iter().map(|p| p.to_string()))
+            .unwrap();
+        hf.save(dir.join(TOKENIZER_FILE), false).unwrap();
+        let vocab = hf.get_vocab_size(true);
+        let gpt = Gpt2Config::new(vocab, 1024, n_embd, 2, 2);
+        write_json(&dir.join(CONFIG_FILE), &gpt).unwrap();
+        let varmap = VarMap::new();
+        Gpt2::new(
+            &gpt,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        init_weights(&varmap, 5, 2).unwrap();
+        varmap.save(dir.join(WEIGHTS_FILE)).unwrap();
+        let tensors = candle_core::safetensors::load(dir.join(WEIGHTS_FILE), &Device::Cpu).unwrap();
+        (vocab, tensors)
+    }
+
+    #[test]
+    fn a_pretrained_gpt2_folder_starts_a_run_with_its_weights_and_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hf_vocab, hf) = hf_gpt2_folder(dir.path(), 32);
+        let layout = PromptLayout {
+            k: 1,
+            max_neighbour_tokens: 100,
+            max_target_tokens: 100,
+        };
+        let (tok, gpt) = pretrained_start(dir.path(), &layout, 2).unwrap();
+        assert_eq!(
+            tok.vocab_size(),
+            hf_vocab + 2,
+            "<|neighbour|> and <|code|> added"
+        );
+        assert_eq!(
+            (gpt.vocab_size, gpt.n_embd, gpt.n_positions),
+            (hf_vocab + 2, 32, 1024)
+        );
+        let text = "loop0=wp_sketch0.moveTo(0.25, 0.5).circle(0.125)\n";
+        assert_eq!(tok.decode(&tok.encode(text).unwrap()).unwrap(), text);
+
+        let (_, mut config) = tiny(&tok);
+        config.layout = layout;
+        let varmap = VarMap::new();
+        CodeModel::new(
+            &gpt,
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        init_weights(&varmap, 6, 2).unwrap();
+        let copied = load_pretrained(&varmap, dir.path()).unwrap();
+        let data = varmap.data().lock().unwrap();
+        let ours = |n: &str| {
+            data[n]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let theirs = |n: &str| hf[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(copied, hf.len());
+        assert_eq!(
+            ours("transformer.h.1.mlp.c_fc.weight"),
+            theirs("h.1.mlp.c_fc.weight")
+        );
+        let wte = ours("transformer.wte.weight");
+        assert_eq!(wte[..hf_vocab * 32], theirs("wte.weight")[..]);
+        assert_eq!(wte.len(), (hf_vocab + 2) * 32);
+        drop(data);
+
+        let long = PromptLayout {
+            k: 2,
+            max_neighbour_tokens: 400,
+            max_target_tokens: 400,
+        };
+        let e = pretrained_start(dir.path(), &long, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("positions"), "{e}");
+        let other = tempfile::tempdir().unwrap();
+        hf_gpt2_folder(other.path(), 16);
+        let e = load_pretrained(&varmap, other.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another configuration"), "{e}");
     }
 
     #[test]

@@ -86,6 +86,25 @@ impl GenTokenizer {
         })
     }
 
+    /// Loads a pretrained byte-level BPE `tokenizer.json` (e.g. GPT-2's) and adds the prompt's
+    /// special tokens it lacks, after its own vocabulary.
+    pub fn from_pretrained(path: &Path) -> Result<Self, GeneratorError> {
+        let mut inner = Tokenizer::from_file(path)
+            .map_err(|e| err(format!("{}: cannot load tokenizer: {e}", path.display())))?;
+        let missing: Vec<AddedToken> = [END_TOKEN, NEIGHBOUR_TOKEN, CODE_TOKEN]
+            .into_iter()
+            .filter(|t| inner.token_to_id(t).is_none())
+            .map(|t| AddedToken::from(t, true))
+            .collect();
+        inner.add_special_tokens(missing).map_err(|e| {
+            err(format!(
+                "{}: cannot add the prompt tokens: {e}",
+                path.display()
+            ))
+        })?;
+        Self::from_tokenizer(inner)
+    }
+
     /// Loads a `tokenizer.json` written by [`GenTokenizer::save`].
     pub fn load(path: &Path) -> Result<Self, GeneratorError> {
         let inner = Tokenizer::from_file(path)

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::compact::compact;
 use crate::gpt2::{init_weights, Gpt2Config};
 use crate::model::{
-    load_pretrained, Arch, CodeModel, GeneratorConfig, CONFIG_FILE, GENERATOR_FILE,
-    GENERATOR_FORMAT, TOKENIZER_FILE,
+    load_pretrained, pretrained_start, Arch, CodeModel, GeneratorConfig, CONFIG_FILE,
+    GENERATOR_FILE, GENERATOR_FORMAT, TOKENIZER_FILE,
 };
 use crate::prompt::{batch, training_ids, PromptLayout, TrainingBatch};
 use crate::tokenizer::GenTokenizer;
@@ -98,6 +98,9 @@ pub struct GenTrainSettings {
     pub vocab: usize,
     /// Use only the first N training rows.
     pub limit: Option<usize>,
+    /// A pretrained HF GPT-2 folder (config, weights, tokenizer) that starts the run: its
+    /// shape and tokenizer replace `size` and `vocab`.
+    pub init: Option<PathBuf>,
 }
 
 impl Default for GenTrainSettings {
@@ -119,6 +122,7 @@ impl Default for GenTrainSettings {
             seed: 0,
             vocab: 2048,
             limit: None,
+            init: None,
         }
     }
 }
@@ -134,8 +138,6 @@ pub struct GenTrainOptions {
     pub out: PathBuf,
     /// The run's settings.
     pub settings: GenTrainSettings,
-    /// A pretrained HF GPT-2 folder whose transformer weights start the run.
-    pub init: Option<PathBuf>,
     /// Save a checkpoint every N steps (and on interrupt, and at the end).
     pub checkpoint_every: usize,
     /// Validation loss every N steps (and at the end).
@@ -427,19 +429,14 @@ fn prepare(
 }
 
 /// The GPT-2 shape of a size over a vocabulary, with room for the layout's longest prompt.
-fn model_config(
-    size: GenSize,
-    vocab: usize,
-    layout: &PromptLayout,
-    end_id: u32,
-) -> (Gpt2Config, usize) {
+fn model_config(size: GenSize, vocab: usize, layout: &PromptLayout, end_id: u32) -> Gpt2Config {
     let (e, l, h, p) = size.shape();
     let positions = layout
         .max_positions(p)
         .max(if size == GenSize::Base { 1024 } else { 0 });
     let mut c = Gpt2Config::new(vocab, positions, e, l, h);
     c.eos_token_id = Some(end_id);
-    (c, p)
+    c
 }
 
 /// Sequences of `idx` examples, neighbours dropped where `drop[i]`.
@@ -652,8 +649,19 @@ pub fn train_generator(
         )));
     }
     let tok_path = opts.out.join(TOKENIZER_FILE);
-    let tok = if resume.is_some() {
-        GenTokenizer::load(&tok_path)?
+    let layout = PromptLayout {
+        k: s.k,
+        max_neighbour_tokens: s.max_neighbour_tokens,
+        max_target_tokens: s.max_target_tokens,
+    };
+    let prefix_len = s.size.shape().3;
+    let (tok, gpt_config) = if resume.is_some() {
+        let gpt: Gpt2Config = read_json(&opts.out.join(CONFIG_FILE))?;
+        (GenTokenizer::load(&tok_path)?, gpt)
+    } else if let Some(init) = &s.init {
+        let (tok, gpt) = pretrained_start(init, &layout, prefix_len)?;
+        tok.save(&tok_path)?;
+        (tok, gpt)
     } else {
         progress.set_message("training the tokenizer");
         let mut codes = Vec::new();
@@ -668,14 +676,9 @@ pub fn train_generator(
         }
         let t = GenTokenizer::train(codes.iter().map(|c| c.as_str()), s.vocab)?;
         t.save(&tok_path)?;
-        t
+        let gpt = model_config(s.size, t.vocab_size(), &layout, t.end_id());
+        (t, gpt)
     };
-    let layout = PromptLayout {
-        k: s.k,
-        max_neighbour_tokens: s.max_neighbour_tokens,
-        max_target_tokens: s.max_target_tokens,
-    };
-    let (gpt_config, prefix_len) = model_config(s.size, tok.vocab_size(), &layout, tok.end_id());
     let gen_config = GeneratorConfig {
         format: GENERATOR_FORMAT,
         arch: s.arch,
@@ -763,7 +766,7 @@ pub fn train_generator(
         None => {
             init_weights(&varmap, s.seed, gpt_config.n_layer)
                 .map_err(|e| GeneratorError::candle("initialising weights", e))?;
-            if let Some(init) = &opts.init {
+            if let Some(init) = &s.init {
                 let copied = load_pretrained(&varmap, init)?;
                 tracing::info!("copied {copied} pretrained tensors from {}", init.display());
             }
