@@ -656,6 +656,53 @@ mod tests {
     }
 
     #[test]
+    fn gradients_reach_every_weight_of_the_model_and_the_prefix() {
+        let dev = Device::Cpu;
+        let tok = GenTokenizer::train(PROGRAMS.into_iter(), 300).unwrap();
+        let (gpt, config) = tiny(&tok);
+        let varmap = VarMap::new();
+        let model = CodeModel::new(
+            &gpt,
+            &config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        )
+        .unwrap();
+        init_weights(&varmap, 3, gpt.n_layer).unwrap();
+        let seqs: Vec<(Vec<u32>, usize)> = PROGRAMS[..2]
+            .iter()
+            .map(|p| training_ids(&tok, &[], &tok.encode(p).unwrap(), &config.layout))
+            .collect();
+        let b = batch(&seqs, config.prefix_len, tok.end_id());
+        let ids = Tensor::from_slice(&b.ids, (b.batch, b.len), &dev).unwrap();
+        let pos = Tensor::from_slice(&b.positions, b.positions.len(), &dev).unwrap();
+        let labels = Tensor::from_slice(&b.labels, b.labels.len(), &dev).unwrap();
+        let imgs = images(&dev).narrow(0, 0, 2).unwrap();
+        let grads = model
+            .loss(&imgs, &ids, &pos, &labels)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let data = varmap.data().lock().unwrap();
+        assert!(data.len() > 25, "{} variables", data.len());
+        for (name, var) in data.iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                norm.is_finite() && norm > 0.0,
+                "{name}: gradient norm {norm}"
+            );
+        }
+    }
+
+    #[test]
     fn checkpoints_of_another_kind_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
