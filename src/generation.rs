@@ -253,6 +253,7 @@ fn note(a: &Answer) -> serde_json::Value {
         v["tokens"] = g.tokens.into();
         v["finished"] = g.finished.into();
         v["log_prob"] = g.log_prob.into();
+        v["generated"] = g.compact.clone().into();
     }
     v
 }

@@ -350,6 +350,10 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
     ]));
     fails_with(&gen_with(&straight, &index16, &query), "encoder pixel-32");
     fails_with(&gen_with(&index, &index, &query), "no config.json");
+    fails_with(
+        &gen_with(&straight, &tmp.path().join("no-such-index"), &query),
+        "no index here",
+    );
     let junk = tmp.path().join("junk.png");
     std::fs::write(&junk, b"not an image").unwrap();
     fails_with(

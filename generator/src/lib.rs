@@ -11,6 +11,7 @@ pub mod grammar;
 pub mod model;
 pub mod pipeline;
 pub mod prompt;
+pub mod t5;
 pub mod tokenizer;
 pub mod train;
 
