@@ -185,6 +185,24 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
         "other settings",
     );
 
+    // A run killed before its first checkpoint leaves only its own files: the same command
+    // starts over. A folder with anything else in it is not taken over.
+    let killed = tmp.path().join("killed");
+    std::fs::create_dir(&killed).unwrap();
+    std::fs::write(killed.join("tokenizer.json"), b"{partial").unwrap();
+    std::fs::write(killed.join("examples.safetensors.tmp"), b"partial").unwrap();
+    let mut again = train_args(&corpus, &index, &killed, "4");
+    again.extend(["--max-steps", "1"]);
+    assert_eq!(ok_json(&rag(&again))["state"]["step"], 1);
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), b"mine").unwrap();
+    fails_with(
+        &rag(&train_args(&corpus, &index, &foreign, "4")),
+        "notes.txt is not ours",
+    );
+    assert!(foreign.join("notes.txt").is_file());
+
     // Ctrl-C once a checkpoint exists: exit 130, then the same command finishes.
     let long = tmp.path().join("long");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rag"));

@@ -595,6 +595,24 @@ fn check_settings(s: &GenTrainSettings) -> Result<(), GeneratorError> {
     Ok(())
 }
 
+/// The first file in `out` that a run stopped before its first checkpoint would not have
+/// written (such a run starts over; anything else is someone else's folder).
+fn foreign_file(out: &Path) -> Option<String> {
+    let ours = [
+        TOKENIZER_FILE,
+        CONFIG_FILE,
+        GENERATOR_FILE,
+        EXAMPLES_FILE,
+        WEIGHTS_FILE,
+        OPTIMIZER_FILE,
+    ];
+    std::fs::read_dir(out).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let partial = name.strip_suffix(".tmp").unwrap_or(&name);
+        (!ours.contains(&partial)).then_some(name)
+    })
+}
+
 /// Trains (or resumes) the generator; returns when finished, or early on `interrupt` or after
 /// `max_steps` (checkpointed, resumable exactly).
 pub fn train_generator(
@@ -625,16 +643,14 @@ pub fn train_generator(
     } else {
         None
     };
-    if resume.is_none()
-        && opts.out.exists()
-        && std::fs::read_dir(&opts.out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-    {
-        return Err(GeneratorError::Resume(format!(
-            "{} exists and holds no generator run to resume; use a new --out",
-            opts.out.display()
-        )));
+    if resume.is_none() {
+        if let Some(other) = foreign_file(&opts.out) {
+            return Err(GeneratorError::Resume(format!(
+                "{} exists and holds no generator run to resume ({} is not ours); use a new --out",
+                opts.out.display(),
+                other
+            )));
+        }
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| indexer::clip::ClipError::io(&opts.out, e))?;
 
