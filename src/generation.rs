@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use evaluator::score::score_pair;
 use evaluator::{CodeText, PairInput, Protocols, Summary};
+use generator::fallback::{first_that_runs, CodeSource};
 use generator::{answer_image, answer_vector, Answer, DecodeOptions, Generator, Mode, Strategy};
 use indexer::corpus::{CorpusReader, Split};
 use indexer::encoder::{load_image, to_rgb_on_white, Fnv1a64};
@@ -96,6 +97,10 @@ pub struct GenerateArgs {
     /// With --model: leave the neighbours out of the prompt (generator only).
     #[arg(long, requires = "model")]
     no_neighbours: bool,
+    /// Return the model's program without executing it (by default it is run in the sandbox,
+    /// and when it builds no solid the neighbours' code is tried in rank order).
+    #[arg(long, requires = "model")]
+    unchecked: bool,
     /// Only neighbours whose code uses this dialect token (retrieval only); repeat for several.
     #[arg(long, requires = "retrieval_only")]
     require: Vec<String>,
@@ -134,7 +139,11 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
             Some(&g),
             &image,
             mode,
-            1,
+            if args.unchecked {
+                1
+            } else {
+                FALLBACK_NEIGHBOURS
+            },
             &args.decode.options(),
         )?;
         let gen = a.generation.as_ref().expect("model modes generate");
@@ -154,7 +163,32 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
                 _ => String::new(),
             }
         );
-        a.code
+        if args.unchecked {
+            a.code
+        } else {
+            let pool = start_pool(&PoolArgs {
+                workers: Some(1),
+                ..PoolArgs::default()
+            })
+            .await?;
+            let checked = first_that_runs(&pool, &a).await;
+            for r in &checked.rejected {
+                eprintln!(
+                    "{} does not run ({}: {})",
+                    describe(&r.source),
+                    r.status,
+                    r.message.lines().next().unwrap_or("")
+                );
+            }
+            match &checked.source {
+                Some(source) => eprintln!("answer: {} (runs in the sandbox)", describe(source)),
+                None => bail!(
+                    "neither the generated code nor any of the {} neighbours runs in the sandbox",
+                    a.neighbours.len()
+                ),
+            }
+            checked.code
+        }
     };
     match &args.out {
         Some(out) => {
@@ -164,6 +198,17 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
         None => print!("{code}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Neighbours retrieved as fallbacks when the model's program does not run.
+const FALLBACK_NEIGHBOURS: usize = 5;
+
+/// A candidate's origin in words.
+fn describe(source: &CodeSource) -> String {
+    match source {
+        CodeSource::Generated => "the generated code".into(),
+        CodeSource::Neighbour { rank, id } => format!("neighbour {rank} ({id})"),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,6 +250,10 @@ pub struct EvalArgs {
     model: Option<PathBuf>,
     #[command(flatten)]
     decode: DecodeArgs,
+    /// Model modes: run each program in the sandbox first and, when it builds no solid, answer
+    /// with the first retrieved neighbour that does (the never-invalid path).
+    #[arg(long)]
+    fallback: bool,
     /// Evaluate only the first N rows of the split.
     #[arg(long)]
     limit: Option<usize>,
@@ -237,7 +286,10 @@ fn code_key(code: &str) -> u64 {
 struct ModeRun {
     mode: Mode,
     inputs: Vec<PairInput>,
-    latencies: Vec<f64>,
+    /// Per query: seconds to answer (none when the query failed before an answer).
+    latencies: Vec<Option<f64>>,
+    /// Per query, with `--fallback` in a model mode: the answer, to check in the sandbox.
+    pending: Vec<Option<Answer>>,
     /// Per query: what produced the prediction (neighbour or generation facts).
     notes: Vec<serde_json::Value>,
 }
@@ -299,6 +351,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             mode,
             inputs: Vec::with_capacity(total),
             latencies: Vec::with_capacity(total),
+            pending: Vec::new(),
             notes: Vec::with_capacity(total),
         })
         .collect();
@@ -342,7 +395,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                 });
             let pred = match answer {
                 Ok(a) => {
-                    run.latencies.push(a.seconds());
+                    run.latencies.push(Some(a.seconds()));
                     if !counted && in_index.contains(&key) {
                         counted = true;
                         with_match += 1;
@@ -357,11 +410,19 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                         }
                     }
                     run.notes.push(note(&a));
-                    (!a.code.is_empty()).then_some(CodeText::Utf8(a.code))
+                    let code = (!a.code.is_empty()).then(|| CodeText::Utf8(a.code.clone()));
+                    if args.fallback && run.mode != Mode::Retrieval {
+                        run.pending.push(Some(a));
+                    }
+                    code
                 }
                 Err(e) => {
                     tracing::warn!("{} (id {}): {e}", row.origin, row.deepcad_id);
                     run.notes.push(serde_json::json!({ "error": e }));
+                    run.latencies.push(None);
+                    if args.fallback && run.mode != Mode::Retrieval {
+                        run.pending.push(None);
+                    }
                     None
                 }
             };
@@ -377,6 +438,9 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     // Scoring starts after every query is answered, so latencies are not measured against
     // CadQuery workers competing for the cores.
     let pool = start_pool(&args.pool).await?;
+    for run in runs.iter_mut().filter(|r| !r.pending.is_empty()) {
+        check_in_sandbox(&pool, run).await?;
+    }
     let bar = progress_bar((total * runs.len()) as u64);
     bar.set_message("scoring");
     let mut handles = Vec::new();
@@ -414,9 +478,10 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     let mut reports = Vec::new();
     for (run, its) in runs.iter_mut().zip(&items) {
         let summary = Summary::of(its, seconds);
-        run.latencies.sort_by(f64::total_cmp);
-        let p50 = percentile(&run.latencies, 50.0).map(|s| s * 1e3);
-        let p95 = percentile(&run.latencies, 95.0).map(|s| s * 1e3);
+        let mut latencies: Vec<f64> = run.latencies.iter().flatten().copied().collect();
+        latencies.sort_by(f64::total_cmp);
+        let p50 = percentile(&latencies, 50.0).map(|s| s * 1e3);
+        let p95 = percentile(&latencies, 95.0).map(|s| s * 1e3);
         let mut v = summary.to_json(Protocols::ALL);
         v["mode"] = run.mode.as_str().into();
         v["index"] = args.index.display().to_string().into();
@@ -424,8 +489,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
         v["split"] = split.as_str().into();
         v["index_vectors"] = retriever.store().len().into();
         v["index_load_seconds"] = load_seconds.into();
-        v["latency_ms"] =
-            serde_json::json!({"p50": p50, "p95": p95, "queries": run.latencies.len()});
+        v["latency_ms"] = serde_json::json!({"p50": p50, "p95": p95, "queries": latencies.len()});
         if run.mode == Mode::Retrieval {
             let scores: Vec<f64> = run
                 .notes
@@ -451,6 +515,15 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                 .filter(|n| n["finished"].as_bool() == Some(true))
                 .count();
             v["finished"] = finished.into();
+            v["fallback"] = args.fallback.into();
+            if args.fallback {
+                let fell_back = run
+                    .notes
+                    .iter()
+                    .filter(|n| n["source"]["kind"] == "neighbour")
+                    .count();
+                v["fell_back"] = fell_back.into();
+            }
         }
         reports.push((summary, v));
     }
@@ -526,6 +599,51 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--fallback`: every pending answer of `run` is checked in the sandbox (in parallel); the
+/// first candidate that runs becomes the prediction, its origin goes into the per-item note,
+/// and the checking time into the query's latency.
+async fn check_in_sandbox(
+    pool: &std::sync::Arc<evaluator::WorkerPool>,
+    run: &mut ModeRun,
+) -> Result<()> {
+    let bar = progress_bar(run.pending.len() as u64);
+    bar.set_message(format!(
+        "{}: running the answers in the sandbox",
+        run.mode.as_str()
+    ));
+    let mut handles = Vec::new();
+    for answer in std::mem::take(&mut run.pending) {
+        let pool = pool.clone();
+        handles.push(tokio::spawn(async move {
+            match answer {
+                Some(a) => Some(first_that_runs(&pool, &a).await),
+                None => None,
+            }
+        }));
+    }
+    let mut fell_back = 0;
+    for (i, h) in handles.into_iter().enumerate() {
+        bar.inc(1);
+        let Some(checked) = h.await? else { continue };
+        if let Some(l) = run.latencies[i].as_mut() {
+            *l += checked.seconds;
+        }
+        if checked.source != Some(CodeSource::Generated) {
+            fell_back += 1;
+        }
+        run.notes[i]["source"] = serde_json::to_value(&checked.source)?;
+        run.notes[i]["rejected"] = serde_json::to_value(&checked.rejected)?;
+        run.inputs[i].pred = (!checked.code.is_empty()).then_some(CodeText::Utf8(checked.code));
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "{}: {fell_back} of {} answers fell back to a retrieved neighbour",
+        run.mode.as_str(),
+        run.inputs.len()
+    );
+    Ok(())
 }
 
 fn write_per_item(

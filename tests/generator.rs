@@ -232,6 +232,7 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
         &["--beam", "3"],
         &["--sample", "--seed", "4"],
         &["--no-neighbours"],
+        &["--unchecked", "--no-neighbours"],
     ] {
         let out = tmp.path().join("gen.py");
         let mut args = vec![
@@ -247,9 +248,17 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
         args.extend_from_slice(extra);
         let g = rag(&args);
         assert!(g.status.success(), "{extra:?}: {}", stderr(&g));
+        let unchecked = extra.contains(&"--unchecked");
+        assert_eq!(
+            stderr(&g).contains("(runs in the sandbox)"),
+            !unchecked,
+            "{extra:?}: {}",
+            stderr(&g)
+        );
         let code = std::fs::read_to_string(&out).unwrap();
         assert!(code.starts_with("import cadquery as cq\n"), "{code}");
-        if stderr(&g).contains("(finished)") {
+        let own = unchecked || stderr(&g).contains("answer: the generated code");
+        if own && stderr(&g).contains("(finished)") {
             let body: String = code
                 .lines()
                 .skip(1)
@@ -295,6 +304,30 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
     assert_eq!(modes[0]["vsr"], 1.0, "neighbours' code runs");
     let items = std::fs::read_to_string(&per_item).unwrap();
     assert_eq!(items.lines().count(), 9);
+    // With the fallback, every model-mode answer runs: its own program or a neighbour's.
+    let f = ok_json(&rag(&[
+        "eval",
+        "--corpus",
+        s(&corpus),
+        "--split",
+        "test",
+        "--index",
+        s(&index),
+        "--mode",
+        "generator,rag",
+        "--model",
+        s(&straight),
+        "--limit",
+        "3",
+        "--max-tokens",
+        "200",
+        "--fallback",
+        "--json",
+    ]));
+    for m in f["modes"].as_array().unwrap() {
+        assert_eq!(m["vsr"], 1.0, "{m}");
+        assert!(m["fell_back"].as_u64().unwrap() <= 3, "{m}");
+    }
     assert!(items.lines().all(|l| l.contains("\"mode\"")));
 
     // Errors: no model for a model mode, another architecture, another encoder's index,

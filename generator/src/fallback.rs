@@ -1,0 +1,91 @@
+//! Never-invalid output: the model's program is executed in the sandbox, and when it does not
+//! build a solid the retrieved neighbours are tried in rank order, so the answer is code that
+//! runs whenever any candidate does, and says which path produced it.
+
+use std::time::Instant;
+
+use evaluator::{Status, Wants, WorkerPool};
+use serde::Serialize;
+
+use crate::pipeline::Answer;
+
+/// Where the returned code came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CodeSource {
+    /// The model's own program.
+    Generated,
+    /// A retrieved neighbour's code (1-based rank, corpus id).
+    Neighbour {
+        /// Rank among the retrieved neighbours.
+        rank: usize,
+        /// The neighbour's corpus id.
+        id: String,
+    },
+}
+
+/// A candidate that was executed and did not build a solid.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    /// Which candidate.
+    pub source: CodeSource,
+    /// Its sandbox status (`runtime`, `syntax`, `timeout`, ...).
+    pub status: String,
+    /// The sandbox's message.
+    pub message: String,
+}
+
+/// The first candidate that runs, with the ones that did not.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checked {
+    /// Code that ran in the sandbox and built a solid (empty when nothing did).
+    pub code: String,
+    /// Its origin; `None` when no candidate ran.
+    pub source: Option<CodeSource>,
+    /// Candidates tried before it, in order.
+    pub rejected: Vec<Rejected>,
+    /// Seconds spent executing candidates.
+    pub seconds: f64,
+}
+
+/// Executes the answer's candidates in order (the model's program when there is one, then
+/// the neighbours by rank) and keeps the first that builds a solid.
+pub async fn first_that_runs(pool: &WorkerPool, answer: &Answer) -> Checked {
+    let started = Instant::now();
+    let mut candidates = Vec::new();
+    if answer.generation.is_some() {
+        candidates.push((CodeSource::Generated, answer.code.as_str()));
+    }
+    for n in &answer.neighbours {
+        candidates.push((
+            CodeSource::Neighbour {
+                rank: n.rank,
+                id: n.id.clone(),
+            },
+            n.code.as_str(),
+        ));
+    }
+    let mut rejected = Vec::new();
+    for (source, code) in candidates {
+        let run = pool.exec(code, Wants::default()).await;
+        if run.status == Status::Ok {
+            return Checked {
+                code: code.to_string(),
+                source: Some(source),
+                rejected,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+        }
+        rejected.push(Rejected {
+            source,
+            status: run.status.as_str().to_string(),
+            message: run.message,
+        });
+    }
+    Checked {
+        code: String::new(),
+        source: None,
+        rejected,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
