@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use indexer::corpus::Split;
 use indexer::encoder::{encoder_from_spec, normalise_unit, parallel_map};
 use indexer::index::hnsw::{build_graph, dump_graph, HnswParams};
-use indexer::index::{build_index, BuildOptions};
+use indexer::index::{build_index, BuildOptions, IndexError};
 use retriever::{resident_bytes, ExactIndex, HnswIndex, Retriever, VectorIndex};
 
 use crate::progress_bar;
@@ -42,6 +42,10 @@ pub struct BuildArgs {
     /// Images decoded and embedded per batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Stop after reading N rows in this call, progress saved in NAME.partial (rerun to
+    /// continue; Ctrl-C does the same).
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// Print the build report as JSON.
     #[arg(long)]
     json: bool,
@@ -105,21 +109,30 @@ async fn index_build(args: BuildArgs) -> Result<ExitCode> {
     let split: Split = args.split.parse()?;
     let encoder = encoder_from_spec(&args.encoder)?;
     let opts = BuildOptions {
-        corpus: args.corpus.clone(),
-        split,
-        out: args.out.clone(),
         limit: args.limit,
         batch: args.batch,
-        hnsw: HnswParams::default(),
+        stop_after: args.stop_after,
+        interrupt: Some(crate::interrupt_flag()),
+        ..BuildOptions::new(args.corpus.clone(), split, args.out.clone())
     };
-    let report = tokio::task::spawn_blocking(move || {
+    let result = tokio::task::spawn_blocking(move || {
         let bar = progress_bar(0);
         let r = build_index(&opts, encoder.as_ref(), &bar);
         bar.finish_and_clear();
         r
     })
-    .await?
-    .with_context(|| format!("building {}", args.out.display()))?;
+    .await?;
+    let report = match result {
+        Err(e @ IndexError::Stopped { interrupted, .. }) => {
+            eprintln!("{e}");
+            return Ok(if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        r => r.with_context(|| format!("building {}", args.out.display()))?,
+    };
     for m in &report.skip_messages {
         eprintln!("warning: {m}");
     }
@@ -293,12 +306,8 @@ fn bench_index_in(args: &BenchIndexArgs, tmp: &Path) -> Result<ExitCode> {
     let encoder = encoder_from_spec(&args.encoder)?;
     let real_dir = tmp.join("real");
     let opts = BuildOptions {
-        corpus: args.corpus.clone(),
-        split: Split::Train,
-        out: real_dir.clone(),
         limit: Some(args.build_rows),
-        batch: 64,
-        hnsw: HnswParams::default(),
+        ..BuildOptions::new(args.corpus.clone(), Split::Train, real_dir.clone())
     };
     let bar = progress_bar(0);
     let report = build_index(&opts, encoder.as_ref(), &bar).with_context(|| {

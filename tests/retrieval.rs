@@ -107,6 +107,49 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
         assert!(index.join(f).exists(), "{f}");
     }
 
+    // A build stopped part-way keeps its progress beside the target and the same command
+    // finishes it: the same store and content hash as the straight build, nothing left over.
+    let staged = tmp.path().join("staging").join("staged");
+    let partial = tmp.path().join("staging").join("staged.partial");
+    let stop = pixel_index(&corpus, &staged, &["--batch", "4", "--stop-after", "5"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert!(
+        stderr(&stop).contains("rerun the same command to resume"),
+        "{}",
+        stderr(&stop)
+    );
+    assert!(!staged.exists() && partial.join("progress.json").is_file());
+    let progress: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(partial.join("progress.json")).unwrap())
+            .unwrap();
+    assert_eq!(progress["read"], 8, "two batches of 4");
+    let again = pixel_index(&corpus, &staged, &["--batch", "4", "--stop-after", "5"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let rest = ok_json(&pixel_index(&corpus, &staged, &["--batch", "4", "--json"]));
+    assert_eq!(rest["vectors"], train.len());
+    assert!(
+        !partial.exists(),
+        "the partial build is removed once the index is in place"
+    );
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(read(&staged, "store.jsonl"), read(&index, "store.jsonl"));
+    let m: serde_json::Value = serde_json::from_str(&read(&staged, "manifest.json")).unwrap();
+    assert_eq!(
+        m["corpus"]["content_hash"],
+        manifest["corpus"]["content_hash"]
+    );
+    // Progress made for other inputs (another limit) is not mixed in.
+    let other = tmp.path().join("staging").join("other");
+    let first = pixel_index(
+        &corpus,
+        &other,
+        &["--batch", "4", "--stop-after", "4", "--limit", "9"],
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let whole = ok_json(&pixel_index(&corpus, &other, &["--batch", "4", "--json"]));
+    assert_eq!(whole["vectors"], train.len());
+    assert_eq!(read(&other, "store.jsonl"), read(&index, "store.jsonl"));
+
     // A query image that is in the index comes back first with score ~1.
     let (qid, qcode, qpng) = &train[train.len() / 2];
     let query = tmp.path().join("query.png");

@@ -1,12 +1,15 @@
 //! `rag index build`: stream a corpus split, decode and embed images in batches on all cores,
 //! then write the graph, the store, the keyword index and the manifest into a temporary
-//! folder that atomically replaces the target.
+//! folder that atomically replaces the target. Embedding progress is saved in `NAME.partial`
+//! every few thousand rows and on Ctrl-C, and the same command resumes from it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::hnsw::{build_graph, dump_files, dump_graph, HnswParams};
 use super::keywords::write_keyword_index;
@@ -14,7 +17,7 @@ use super::manifest::{
     file_check, CorpusInfo, Counts, Manifest, FORMAT_VERSION, MANIFEST_FILE, METRIC_COSINE,
     STORE_FILE, TANTIVY_DIR,
 };
-use super::store::{write_store, StoreEntry};
+use super::store::{read_store, write_store, StoreEntry};
 use super::IndexError;
 use crate::corpus::{CorpusReader, CorpusRow, Split};
 use crate::encoder::{parallel_map, to_rgb_on_white, Fnv1a64, ImageEncoder};
@@ -37,6 +40,160 @@ pub struct BuildOptions {
     pub batch: usize,
     /// HNSW parameters.
     pub hnsw: HnswParams,
+    /// Save the embedding progress every N rows read (0: only on a stop).
+    pub checkpoint_rows: usize,
+    /// Stop (progress saved, resumable) after reading this many rows in this call.
+    pub stop_after: Option<usize>,
+    /// Set by Ctrl-C: the build saves its progress and stops.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl BuildOptions {
+    /// Options with the defaults for everything but the inputs.
+    pub fn new(corpus: PathBuf, split: Split, out: PathBuf) -> Self {
+        BuildOptions {
+            corpus,
+            split,
+            out,
+            limit: None,
+            batch: 64,
+            hnsw: HnswParams::default(),
+            checkpoint_rows: 5000,
+            stop_after: None,
+            interrupt: None,
+        }
+    }
+}
+
+/// Version of the partial-build files; another is discarded.
+const PARTIAL_FORMAT: u32 = 1;
+/// The commit point of a partial build.
+const PARTIAL_STATE: &str = "progress.json";
+/// Vectors embedded so far, f32 little-endian, row after row.
+const PARTIAL_VECTORS: &str = "vectors.f32";
+
+/// What a partial build did so far and for which inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PartialState {
+    format: u32,
+    corpus: String,
+    split: String,
+    total: usize,
+    encoder_hash: String,
+    dims: usize,
+    read: usize,
+    skipped: usize,
+    skip_messages: Vec<String>,
+}
+
+/// Embedding progress: rows read, vectors and entries kept, skips.
+struct Progress {
+    read: usize,
+    vectors: Vec<Vec<f32>>,
+    entries: Vec<StoreEntry>,
+    skipped: usize,
+    skip_messages: Vec<String>,
+}
+
+impl Progress {
+    fn inputs(
+        &self,
+        opts: &BuildOptions,
+        total: usize,
+        encoder: &dyn ImageEncoder,
+    ) -> PartialState {
+        let identity = encoder.identity();
+        PartialState {
+            format: PARTIAL_FORMAT,
+            corpus: corpus_path(&opts.corpus),
+            split: opts.split.to_string(),
+            total,
+            encoder_hash: identity.hash,
+            dims: identity.dims,
+            read: self.read,
+            skipped: self.skipped,
+            skip_messages: self.skip_messages.clone(),
+        }
+    }
+
+    /// Writes the vectors and entries, then the state (each through a rename).
+    fn save(&self, dir: &Path, state: &PartialState) -> Result<(), IndexError> {
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+        let bytes: Vec<u8> = self
+            .vectors
+            .iter()
+            .flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes()))
+            .collect();
+        let put = |name: &str, write: &dyn Fn(&Path) -> Result<(), IndexError>| {
+            let tmp = dir.join(format!("{name}.tmp"));
+            write(&tmp)?;
+            let to = dir.join(name);
+            std::fs::rename(&tmp, &to).map_err(|e| IndexError::io(&to, e))
+        };
+        put(PARTIAL_VECTORS, &|p| {
+            std::fs::write(p, &bytes).map_err(|e| IndexError::io(p, e))
+        })?;
+        put(STORE_FILE, &|p| write_store(p, &self.entries))?;
+        let json = serde_json::to_string_pretty(state).expect("state serialises");
+        put(PARTIAL_STATE, &|p| {
+            std::fs::write(p, &json).map_err(|e| IndexError::io(p, e))
+        })
+    }
+
+    /// The progress saved in `dir` when it was made for the same inputs (`expected` with
+    /// `read`, `skipped` and the messages ignored); `None` otherwise (the caller starts over).
+    fn load(dir: &Path, expected: &PartialState) -> Option<Progress> {
+        let text = std::fs::read_to_string(dir.join(PARTIAL_STATE)).ok()?;
+        let state: PartialState = serde_json::from_str(&text).ok()?;
+        let same = PartialState {
+            read: state.read,
+            skipped: state.skipped,
+            skip_messages: state.skip_messages.clone(),
+            ..expected.clone()
+        };
+        if same != state {
+            tracing::warn!("{}: made for other inputs; starting over", dir.display());
+            return None;
+        }
+        let entries = read_store(&dir.join(STORE_FILE)).ok()?;
+        let bytes = std::fs::read(dir.join(PARTIAL_VECTORS)).ok()?;
+        if state.dims == 0 || bytes.len() != entries.len() * state.dims * 4 {
+            tracing::warn!(
+                "{}: vectors and entries disagree; starting over",
+                dir.display()
+            );
+            return None;
+        }
+        let floats: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Some(Progress {
+            read: state.read,
+            vectors: floats.chunks(state.dims).map(|c| c.to_vec()).collect(),
+            entries,
+            skipped: state.skipped,
+            skip_messages: state.skip_messages,
+        })
+    }
+}
+
+impl Progress {
+    /// Counts a left-out row and keeps the first reasons.
+    fn skip(&mut self, message: String) {
+        tracing::warn!("{message}");
+        if self.skip_messages.len() < MAX_SKIP_MESSAGES {
+            self.skip_messages.push(message);
+        }
+        self.skipped += 1;
+    }
+}
+
+fn corpus_path(corpus: &Path) -> String {
+    std::fs::canonicalize(corpus)
+        .unwrap_or_else(|_| corpus.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// Figures of a finished build, printed by the CLI and the benchmark.
@@ -58,7 +215,8 @@ pub struct BuildReport {
     pub write_seconds: f64,
     /// Total seconds.
     pub seconds: f64,
-    /// Rows per second over the whole build (read + embed + index + write).
+    /// Rows per second over this call of the build (read + embed + index + write; rows
+    /// embedded by an earlier, interrupted call are not counted).
     pub images_per_second: f64,
 }
 
@@ -81,15 +239,21 @@ pub fn build_index(
         });
     }
     check_output(&opts.out)?;
+    let partial = sibling(&opts.out, "partial")?;
     let tmp = sibling(&opts.out, &format!("tmp-{}", std::process::id()))?;
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
-    let result = build_into(opts, encoder, progress, &reader, total, &tmp, start);
+    let result = build_into(
+        opts, encoder, progress, &reader, total, &tmp, &partial, start,
+    );
     match result {
         Ok(mut report) => {
             replace_dir(&tmp, &opts.out)?;
+            if partial.exists() {
+                let _ = std::fs::remove_dir_all(&partial);
+            }
             report.out = opts.out.clone();
             Ok(report)
         }
@@ -100,6 +264,7 @@ pub fn build_index(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_into(
     opts: &BuildOptions,
     encoder: &dyn ImageEncoder,
@@ -107,31 +272,56 @@ fn build_into(
     reader: &CorpusReader,
     total: usize,
     tmp: &Path,
+    partial: &Path,
     start: Instant,
 ) -> Result<BuildReport, IndexError> {
     progress.set_length(total as u64);
-    let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(total);
-    let mut entries: Vec<StoreEntry> = Vec::with_capacity(total);
-    let mut hash = Fnv1a64::new();
-    let mut skipped = 0usize;
-    let mut skip_messages: Vec<String> = Vec::new();
-    let mut skip = |message: String, skipped: &mut usize| {
-        tracing::warn!("{message}");
-        if skip_messages.len() < MAX_SKIP_MESSAGES {
-            skip_messages.push(message);
-        }
-        *skipped += 1;
+    let fresh = Progress {
+        read: 0,
+        vectors: Vec::with_capacity(total),
+        entries: Vec::with_capacity(total),
+        skipped: 0,
+        skip_messages: Vec::new(),
     };
-    let mut read = 0usize;
+    let expected = fresh.inputs(opts, total, encoder);
+    let mut p = match Progress::load(partial, &expected) {
+        Some(p) => {
+            progress.set_message(format!("resuming after {} rows", p.read));
+            tracing::info!(
+                "{}: resuming after {} of {total} rows",
+                partial.display(),
+                p.read
+            );
+            p
+        }
+        None => fresh,
+    };
+    progress.set_position(p.read as u64);
+    let resumed_at = p.read;
+    let mut saved_at = p.read;
     let mut batch: Vec<CorpusRow> = Vec::with_capacity(opts.batch.max(1));
-    let mut rows = reader.rows(opts.split).take(total);
+    let mut rows = reader.rows(opts.split).take(total).skip(p.read);
     loop {
+        let stop_requested = opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        let stop_after = opts.stop_after.is_some_and(|n| p.read - resumed_at >= n);
+        if (stop_requested || stop_after) && p.read < total {
+            p.save(partial, &p.inputs(opts, total, encoder))?;
+            return Err(IndexError::Stopped {
+                read: p.read,
+                total,
+                partial: partial.to_path_buf(),
+                interrupted: stop_requested,
+            });
+        }
         batch.clear();
         for row in rows.by_ref() {
-            read += 1;
+            p.read += 1;
             match row {
                 Ok(r) => batch.push(r),
-                Err(e) => skip(format!("skipped a row: {e}"), &mut skipped),
+                Err(e) => p.skip(format!("skipped a row: {e}")),
             }
             if batch.len() >= opts.batch.max(1) {
                 break;
@@ -153,36 +343,44 @@ fn build_into(
                     images.push(img);
                     keep.push(row);
                 }
-                Err(e) => skip(
-                    format!(
-                        "{} (id {}): image does not decode, skipped: {e}",
-                        row.origin, row.deepcad_id
-                    ),
-                    &mut skipped,
-                ),
+                Err(e) => p.skip(format!(
+                    "{} (id {}): image does not decode, skipped: {e}",
+                    row.origin, row.deepcad_id
+                )),
             }
         }
         for (row, v) in keep.into_iter().zip(encoder.encode_batch(&images)) {
             match v {
                 Ok(v) => {
-                    hash.update_str(&row.deepcad_id);
-                    hash.update_str(&row.cadquery);
-                    vectors.push(v);
-                    entries.push(StoreEntry {
+                    p.vectors.push(v);
+                    p.entries.push(StoreEntry {
                         id: row.deepcad_id.clone(),
                         code: row.cadquery.clone(),
                     });
                 }
-                Err(e) => skip(
-                    format!(
-                        "{} (id {}): not embedded, skipped: {e}",
-                        row.origin, row.deepcad_id
-                    ),
-                    &mut skipped,
-                ),
+                Err(e) => p.skip(format!(
+                    "{} (id {}): not embedded, skipped: {e}",
+                    row.origin, row.deepcad_id
+                )),
             }
         }
-        progress.set_position(read as u64);
+        progress.set_position(p.read as u64);
+        if opts.checkpoint_rows > 0 && p.read - saved_at >= opts.checkpoint_rows && p.read < total {
+            p.save(partial, &p.inputs(opts, total, encoder))?;
+            saved_at = p.read;
+        }
+    }
+    let Progress {
+        read,
+        vectors,
+        entries,
+        skipped,
+        skip_messages,
+    } = p;
+    let mut hash = Fnv1a64::new();
+    for e in &entries {
+        hash.update_str(&e.id);
+        hash.update_str(&e.code);
     }
     if vectors.is_empty() {
         return Err(IndexError::EmptySplit {
@@ -216,10 +414,7 @@ fn build_into(
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         corpus: CorpusInfo {
-            path: std::fs::canonicalize(&opts.corpus)
-                .unwrap_or_else(|_| opts.corpus.clone())
-                .display()
-                .to_string(),
+            path: corpus_path(&opts.corpus),
             split: opts.split.to_string(),
             content_hash: format!("{:016x}", hash.finish()),
             rows: read,
@@ -250,7 +445,7 @@ fn build_into(
         hnsw_seconds,
         write_seconds,
         seconds,
-        images_per_second: read as f64 / seconds.max(1e-9),
+        images_per_second: (read - resumed_at) as f64 / seconds.max(1e-9),
     })
 }
 

@@ -105,6 +105,18 @@ pub enum IndexError {
         /// Why.
         message: String,
     },
+    /// The build stopped early (Ctrl-C or `--stop-after`) with its progress saved.
+    #[error("stopped after {read} of {total} rows, progress saved in {}; rerun the same command to resume", partial.display())]
+    Stopped {
+        /// Rows read so far.
+        read: usize,
+        /// Rows to read in all.
+        total: usize,
+        /// The folder holding the progress.
+        partial: PathBuf,
+        /// True for Ctrl-C, false for a requested stop.
+        interrupted: bool,
+    },
 }
 
 impl IndexError {
