@@ -111,6 +111,7 @@ pub struct GenerateArgs {
     out: Option<PathBuf>,
 }
 
+/// `rag generate`: one image -> code (retrieval only, or the model with the fallback check).
 pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let retriever = load_retriever(&args.index, None)?;
     let code = if args.retrieval_only {
@@ -310,6 +311,7 @@ fn note(a: &Answer) -> serde_json::Value {
     v
 }
 
+/// `rag eval`: every query of a split answered in each mode, then scored with both protocols.
 pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     let split: Split = args.split.parse()?;
     let modes: Vec<Mode> = {
