@@ -13,7 +13,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use indexer::clip::checkpoint::{
-    read_json, write_atomic, write_json, OPTIMIZER_FILE, TRAINING_FILE, WEIGHTS_FILE,
+    read_json, restore_run, save_run, write_atomic, write_json, OPTIMIZER_FILE, TRAINING_FILE,
+    WEIGHTS_FILE,
 };
 use indexer::clip::optim::{learning_rate, AdamW};
 use indexer::clip::train::epoch_order;
@@ -765,18 +766,7 @@ pub fn train_generator(
                     opts.out.display(), st.examples, st.data_hash, ex.len(), data_hash
                 )));
             }
-            let w = opts.out.join(WEIGHTS_FILE);
-            varmap.load(&w).map_err(|e| GeneratorError::Checkpoint {
-                path: w.clone(),
-                message: format!("cannot resume from these weights: {e}"),
-            })?;
-            let o = opts.out.join(OPTIMIZER_FILE);
-            optimizer
-                .load(&o, st.step)
-                .map_err(|e| GeneratorError::Checkpoint {
-                    path: o.clone(),
-                    message: format!("cannot resume the optimizer: {e}"),
-                })?;
+            restore_run(&opts.out, &mut varmap, &mut optimizer, st.step)?;
             st
         }
         None => {
@@ -908,13 +898,13 @@ pub fn train_generator(
         if state.step % opts.checkpoint_every.max(1) == 0 && state.step < total_steps {
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
             state.tokens = tokens_before + tokens_this_run;
-            save(&opts.out, &varmap, &optimizer, &state)?;
+            save_run(&opts.out, &varmap, &optimizer, &state)?;
         }
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     state.seconds = seconds_before + secs;
     state.tokens = tokens_before + tokens_this_run;
-    save(&opts.out, &varmap, &optimizer, &state)?;
+    save_run(&opts.out, &varmap, &optimizer, &state)?;
     Ok(GenTrainReport {
         out: opts.out.clone(),
         steps_this_run: state.step - resumed_from,
@@ -925,27 +915,6 @@ pub fn train_generator(
         first_skip: ex.first_skip.clone(),
         state,
     })
-}
-
-/// Writes weights, optimizer moments, then `training.json` (the commit point).
-fn save(
-    out: &Path,
-    varmap: &VarMap,
-    optimizer: &AdamW,
-    state: &GenTrainingState,
-) -> Result<(), GeneratorError> {
-    write_atomic(&out.join(WEIGHTS_FILE), |tmp| {
-        varmap
-            .save(tmp)
-            .map_err(|e| GeneratorError::candle("saving weights", e))
-    })?;
-    write_atomic(&out.join(OPTIMIZER_FILE), |tmp| {
-        optimizer
-            .save(tmp)
-            .map_err(|e| GeneratorError::candle("saving optimizer state", e))
-    })?;
-    write_json(&out.join(TRAINING_FILE), state)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{ClipConfig, PreprocessConfig};
 use super::model::Clip;
+use super::optim::AdamW;
 use super::ClipError;
 use crate::encoder::fnv1a64;
 
@@ -142,4 +143,45 @@ pub fn write_atomic<E: From<ClipError>>(
     let tmp = PathBuf::from(tmp);
     write(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| ClipError::io(path, e).into())
+}
+
+/// Restores a resumed run's weights and AdamW moments (at `step`) from the checkpoint folder
+/// `out`, naming the file that does not fit.
+pub fn restore_run(
+    out: &Path,
+    varmap: &mut candle_nn::VarMap,
+    optimizer: &mut AdamW,
+    step: usize,
+) -> Result<(), ClipError> {
+    let w = out.join(WEIGHTS_FILE);
+    varmap.load(&w).map_err(|e| ClipError::Checkpoint {
+        path: w.clone(),
+        message: format!("cannot resume from these weights: {e}"),
+    })?;
+    let o = out.join(OPTIMIZER_FILE);
+    optimizer.load(&o, step).map_err(|e| ClipError::Checkpoint {
+        path: o.clone(),
+        message: format!("cannot resume the optimizer: {e}"),
+    })
+}
+
+/// Writes a run's checkpoint: weights, optimizer moments, then `training.json` (the commit
+/// point), each through a temporary file and a rename.
+pub fn save_run<T: serde::Serialize>(
+    out: &Path,
+    varmap: &candle_nn::VarMap,
+    optimizer: &AdamW,
+    state: &T,
+) -> Result<(), ClipError> {
+    write_atomic(&out.join(WEIGHTS_FILE), |tmp| {
+        varmap
+            .save(tmp)
+            .map_err(|e| ClipError::candle("saving weights", e))
+    })?;
+    write_atomic(&out.join(OPTIMIZER_FILE), |tmp| {
+        optimizer
+            .save(tmp)
+            .map_err(|e| ClipError::candle("saving optimizer state", e))
+    })?;
+    write_json(&out.join(TRAINING_FILE), state)
 }

@@ -1,7 +1,7 @@
 //! `rag train clip`: contrastive training of the small CLIP on a corpus's (image, code) pairs,
 //! with checkpoints that resume exactly after an interrupt.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -10,8 +10,8 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
-    read_json, write_atomic, write_json, CONFIG_FILE, OPTIMIZER_FILE, PREPROCESSOR_FILE,
-    TOKENIZER_FILE, TRAINING_FILE, WEIGHTS_FILE,
+    read_json, restore_run, save_run, write_json, CONFIG_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE,
+    TRAINING_FILE,
 };
 use super::config::{ClipConfig, PreprocessConfig};
 use super::model::{l2_normalise, Clip};
@@ -450,18 +450,7 @@ pub fn train_clip(
                     opts.out.display(), st.pairs, st.corpus_hash, pairs.count(), pairs.hash
                 )));
             }
-            let w = opts.out.join(WEIGHTS_FILE);
-            varmap.load(&w).map_err(|e| ClipError::Checkpoint {
-                path: w.clone(),
-                message: format!("cannot resume from these weights: {e}"),
-            })?;
-            let o = opts.out.join(OPTIMIZER_FILE);
-            optimizer
-                .load(&o, st.step)
-                .map_err(|e| ClipError::Checkpoint {
-                    path: o.clone(),
-                    message: format!("cannot resume the optimizer: {e}"),
-                })?;
+            restore_run(&opts.out, &mut varmap, &mut optimizer, st.step)?;
             st
         }
         None => {
@@ -541,7 +530,7 @@ pub fn train_clip(
         progress.set_position(state.step as u64);
         if state.step % opts.checkpoint_every.max(1) == 0 && state.step < total_steps {
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
-            save(&opts.out, &varmap, &optimizer, &state)?;
+            save_run(&opts.out, &varmap, &optimizer, &state)?;
         }
     }
     state.seconds = seconds_before + started.elapsed().as_secs_f64();
@@ -559,7 +548,7 @@ pub fn train_clip(
             state.validation = Some(validate(&clip, &val, &pre, s.batch, &opts.device)?);
         }
     }
-    save(&opts.out, &varmap, &optimizer, &state)?;
+    save_run(&opts.out, &varmap, &optimizer, &state)?;
     let steps_this_run = state.step - resumed_from;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     Ok(TrainReport {
@@ -572,27 +561,6 @@ pub fn train_clip(
         first_skip: pairs.first_skip.clone(),
         state,
     })
-}
-
-/// Writes weights, optimizer moments, then `training.json` (the commit point of a checkpoint),
-/// each through a temporary file and a rename.
-fn save(
-    out: &Path,
-    varmap: &VarMap,
-    optimizer: &AdamW,
-    state: &TrainingState,
-) -> Result<(), ClipError> {
-    write_atomic(&out.join(WEIGHTS_FILE), |tmp| {
-        varmap
-            .save(tmp)
-            .map_err(|e| ClipError::candle("saving weights", e))
-    })?;
-    write_atomic(&out.join(OPTIMIZER_FILE), |tmp| {
-        optimizer
-            .save(tmp)
-            .map_err(|e| ClipError::candle("saving optimizer state", e))
-    })?;
-    write_json(&out.join(TRAINING_FILE), state)
 }
 
 /// Retrieval ranks on held-out pairs (all against all) and the mean batch loss.
