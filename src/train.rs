@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
@@ -87,6 +88,38 @@ fn keep_freed_memory() {
     }
 }
 
+/// Runs a training job on a blocking thread with the shared progress bar and the Ctrl-C flag;
+/// `what` names the job in errors.
+async fn run_training<R: Send + 'static>(
+    what: String,
+    job: impl FnOnce(&indicatif::ProgressBar, &AtomicBool) -> Result<R> + Send + 'static,
+) -> Result<R> {
+    let interrupt = crate::interrupt_flag();
+    let bar = crate::progress_bar(0);
+    let b = bar.clone();
+    let report = tokio::task::spawn_blocking(move || job(&b, &interrupt))
+        .await
+        .context("the training thread panicked")?
+        .context(what)?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// How a training call ended, for the user and the exit code: 130 after Ctrl-C, 0 when
+/// finished or stopped by `--max-steps` (both resumable by rerunning the command).
+fn ending(interrupted: bool, steps_this_run: usize, step: usize, total: usize) -> ExitCode {
+    if interrupted {
+        eprintln!("interrupted at step {step} of {total}; rerun the same command to resume");
+        return ExitCode::from(130);
+    }
+    if step < total {
+        eprintln!(
+            "stopped after {steps_this_run} steps (--max-steps) at step {step} of {total}; rerun to continue"
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 pub async fn train(cmd: TrainCommand) -> Result<ExitCode> {
     keep_freed_memory();
     match cmd {
@@ -118,16 +151,11 @@ async fn train_clip_cmd(a: TrainClipArgs) -> Result<ExitCode> {
         validation_limit: a.validation,
         max_steps: a.max_steps,
     };
-    let interrupt = crate::interrupt_flag();
-    let bar = crate::progress_bar(0);
-    let b = bar.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        train_clip(&opts, &b, &interrupt).map_err(anyhow::Error::from)
-    })
-    .await
-    .context("the training thread panicked")?
-    .with_context(|| format!("training CLIP into {}", a.out.display()))?;
-    bar.finish_and_clear();
+    let report = run_training(
+        format!("training CLIP into {}", a.out.display()),
+        move |bar, stop| train_clip(&opts, bar, stop).map_err(anyhow::Error::from),
+    )
+    .await?;
     let st = &report.state;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -160,20 +188,12 @@ async fn train_clip_cmd(a: TrainClipArgs) -> Result<ExitCode> {
             );
         }
     }
-    if report.interrupted {
-        eprintln!(
-            "interrupted at step {} of {}; rerun the same command to resume",
-            st.step, st.total_steps
-        );
-        return Ok(ExitCode::from(130));
-    }
-    if !st.finished() {
-        eprintln!(
-            "stopped after {} steps (--max-steps) at step {} of {}; rerun to continue",
-            report.steps_this_run, st.step, st.total_steps
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(ending(
+        report.interrupted,
+        report.steps_this_run,
+        st.step,
+        st.total_steps,
+    ))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -304,16 +324,11 @@ async fn train_generator_cmd(a: TrainGeneratorArgs) -> Result<ExitCode> {
         device: device(&a.device)?,
         max_steps: a.max_steps,
     };
-    let interrupt = crate::interrupt_flag();
-    let bar = crate::progress_bar(0);
-    let b = bar.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        train_generator(&opts, &b, &interrupt).map_err(anyhow::Error::from)
-    })
-    .await
-    .context("the training thread panicked")?
-    .with_context(|| format!("training the generator into {}", a.out.display()))?;
-    bar.finish_and_clear();
+    let report = run_training(
+        format!("training the generator into {}", a.out.display()),
+        move |bar, stop| train_generator(&opts, bar, stop).map_err(anyhow::Error::from),
+    )
+    .await?;
     let st = &report.state;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -343,18 +358,10 @@ async fn train_generator_cmd(a: TrainGeneratorArgs) -> Result<ExitCode> {
             st.tokens
         );
     }
-    if report.interrupted {
-        eprintln!(
-            "interrupted at step {} of {}; rerun the same command to resume",
-            st.step, st.total_steps
-        );
-        return Ok(ExitCode::from(130));
-    }
-    if !st.finished() {
-        eprintln!(
-            "stopped after {} steps (--max-steps) at step {} of {}; rerun to continue",
-            report.steps_this_run, st.step, st.total_steps
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(ending(
+        report.interrupted,
+        report.steps_this_run,
+        st.step,
+        st.total_steps,
+    ))
 }
