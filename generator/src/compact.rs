@@ -6,6 +6,8 @@
 //!
 //! The compact form is itself valid CadQuery once inflated, so a generated program runs as is.
 
+use indexer::dialect::map_decimals;
+
 /// Significant digits kept of every decimal literal.
 pub const SIGNIFICANT_DIGITS: usize = 4;
 
@@ -21,7 +23,7 @@ pub fn compact(code: &str) -> String {
         if t.is_empty() || t.starts_with('#') || t == IMPORT_LINE {
             continue;
         }
-        round_numbers(line.trim_end(), &mut out);
+        map_decimals(line.trim_end(), &mut out, round_decimal);
         out.push('\n');
     }
     out
@@ -53,38 +55,6 @@ fn sketch_number(line: &str) -> Option<&str> {
     let rest = line.strip_prefix("wp_sketch")?;
     let end = rest.find(|c: char| !c.is_ascii_digit())?;
     (end > 0 && rest[end..].trim_start().starts_with('=')).then(|| &rest[..end])
-}
-
-fn round_numbers(line: &str, out: &mut String) {
-    let b = line.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let starts_number = b[i].is_ascii_digit()
-            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'));
-        if !starts_number {
-            let c = line[i..].chars().next().expect("index on a char boundary");
-            out.push(c);
-            i += c.len_utf8();
-            continue;
-        }
-        let mut j = i;
-        while j < b.len()
-            && (b[j].is_ascii_digit()
-                || b[j] == b'.'
-                || b[j] == b'e'
-                || b[j] == b'E'
-                || ((b[j] == b'-' || b[j] == b'+') && j > i && matches!(b[j - 1], b'e' | b'E')))
-        {
-            j += 1;
-        }
-        let text = &line[i..j];
-        let decimal = text.contains(['.', 'e', 'E']);
-        match text.parse::<f64>() {
-            Ok(v) if decimal => out.push_str(&round_decimal(v)),
-            _ => out.push_str(text),
-        }
-        i = j;
-    }
 }
 
 /// `v` at [`SIGNIFICANT_DIGITS`] digits, always with a decimal point (`0.0`, `1.5`, `0.04737`)

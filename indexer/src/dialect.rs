@@ -3,6 +3,41 @@
 
 use serde::Serialize;
 
+/// Appends `line` to `out` with every decimal literal (`1.5`, `6.1e-17`) replaced by
+/// `round(value)`; integers and digits inside names (`loop12`, `wp_sketch0`) stay as written.
+/// The code views of the CLIP text tower and of the generator both round numbers this way.
+pub fn map_decimals(line: &str, out: &mut String, round: impl Fn(f64) -> String) {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let starts_number = b[i].is_ascii_digit()
+            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'));
+        if !starts_number {
+            let c = line[i..].chars().next().expect("index on a char boundary");
+            out.push(c);
+            i += c.len_utf8();
+            continue;
+        }
+        let mut j = i;
+        while j < b.len()
+            && (b[j].is_ascii_digit()
+                || b[j] == b'.'
+                || b[j] == b'e'
+                || b[j] == b'E'
+                || ((b[j] == b'-' || b[j] == b'+') && j > i && matches!(b[j - 1], b'e' | b'E')))
+        {
+            j += 1;
+        }
+        let text = &line[i..j];
+        let decimal = text.contains(['.', 'e', 'E']);
+        match text.parse::<f64>() {
+            Ok(v) if decimal => out.push_str(&round(v)),
+            _ => out.push_str(text),
+        }
+        i = j;
+    }
+}
+
 /// Counts over a set of programs.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DialectStats {

@@ -9,6 +9,8 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::dialect::map_decimals;
+
 /// The end-of-text token: appended to every sequence, its position pools the text vector, and
 /// it pads the rest (the causal mask keeps padding out of the pooled position).
 pub const END_TOKEN: &str = "<|endoftext|>";
@@ -120,39 +122,10 @@ pub fn code_view(code: &str) -> String {
         if t.starts_with('#') || t.is_empty() {
             continue;
         }
-        round_numbers(line, &mut out);
+        map_decimals(line, &mut out, short);
         out.push('\n');
     }
     out
-}
-
-fn round_numbers(line: &str, out: &mut String) {
-    let b = line.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let starts_number = b[i].is_ascii_digit()
-            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'));
-        if !starts_number {
-            out.push(b[i] as char);
-            i += 1;
-            continue;
-        }
-        let mut j = i;
-        while j < b.len()
-            && (b[j].is_ascii_digit()
-                || b[j] == b'.'
-                || b[j] == b'e'
-                || ((b[j] == b'-' || b[j] == b'+') && j > i && b[j - 1] == b'e'))
-        {
-            j += 1;
-        }
-        let text = &line[i..j];
-        match text.parse::<f64>() {
-            Ok(v) if text.contains('.') || text.contains('e') => out.push_str(&short(v)),
-            _ => out.push_str(text),
-        }
-        i = j;
-    }
 }
 
 /// `v` with 3 significant digits, tiny magnitudes (the 6.1e-17 axis noise) as 0.
