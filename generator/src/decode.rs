@@ -242,7 +242,7 @@ impl Generator {
                 return Ok((out, true, log_prob));
             }
             if constrained {
-                state.feed(&self.token_bytes[next]);
+                self.grammar.feed_token(&mut state, next as u32);
             }
             out.push(next as u32);
             let t = Tensor::new(&[next as u32], &self.device).map_err(err)?;
@@ -300,7 +300,7 @@ impl Generator {
                 }
                 let mut state = beams[b].state;
                 if constrained {
-                    state.feed(&self.token_bytes[i]);
+                    self.grammar.feed_token(&mut state, i as u32);
                 }
                 let mut ids = beams[b].ids.clone();
                 ids.push(i as u32);

@@ -137,7 +137,8 @@ impl Conv1D {
     }
 }
 
-/// Cached keys and values of every block for the positions seen so far (decoding only).
+/// Cached keys and values of every block for the positions seen so far (decoding only); T5's
+/// cache holds two of these (self- and cross-attention).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
@@ -155,6 +156,12 @@ impl KvCache {
     /// True before the first forward pass.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Block `i`'s slot, the cache grown to `blocks` blocks first.
+    pub(crate) fn slot(&mut self, blocks: usize, i: usize) -> &mut Option<(Tensor, Tensor)> {
+        self.layers.resize(blocks, None);
+        &mut self.layers[i]
     }
 
     /// The cache with its batch rows picked (and repeated) by `rows` (u32 ids): beams that
@@ -332,11 +339,9 @@ impl Gpt2 {
             );
         }
         let mut h = x.broadcast_add(&self.wpe.narrow(0, start, t)?)?;
-        if let Some(c) = cache.as_deref_mut() {
-            c.layers.resize(self.blocks.len(), None);
-        }
+        let blocks = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let slot = cache.as_deref_mut().map(|c| c.slot(blocks, i));
             h = block.forward(&h, slot)?;
         }
         self.ln_f.forward(&h)
@@ -398,6 +403,17 @@ mod tests {
     use candle_core::DType;
     use candle_nn::VarMap;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     fn tiny() -> Gpt2Config {
         Gpt2Config::new(50, 32, 16, 2, 2)
     }
@@ -429,8 +445,7 @@ mod tests {
         }
         assert_eq!(cache.len(), 7);
         let stepped = Tensor::cat(&rows, 1).unwrap();
-        let diff = (full - stepped).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+        assert!(max_abs_diff(&full, &stepped) < 1e-4);
     }
 
     #[test]
@@ -445,24 +460,15 @@ mod tests {
         let b = model
             .forward(&Tensor::new(&[[1u32, 2, 3, 40]], &dev).unwrap())
             .unwrap();
-        let d = (a.narrow(1, 0, 3).unwrap() - b.narrow(1, 0, 3).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let gap = |start: usize, len: usize| {
+            max_abs_diff(
+                &a.narrow(1, start, len).unwrap(),
+                &b.narrow(1, start, len).unwrap(),
+            )
+        };
+        let d = gap(0, 3);
         assert!(d < 1e-5, "{d}");
-        let last = (a.narrow(1, 3, 1).unwrap() - b.narrow(1, 3, 1).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(last > 1e-6);
+        assert!(gap(3, 1) > 1e-6);
     }
 
     #[test]

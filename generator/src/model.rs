@@ -173,8 +173,6 @@ pub struct Generator {
     pub dir: PathBuf,
     /// Where it runs.
     pub device: Device,
-    /// The bytes of every token id (empty for special tokens).
-    pub(crate) token_bytes: Vec<Vec<u8>>,
     /// The dialect grammar over this vocabulary (constrained decoding).
     pub(crate) grammar: TokenMask,
 }
@@ -274,14 +272,12 @@ impl Generator {
 
     /// Wraps a model and its tokenizer (the grammar mask is built over the vocabulary).
     pub fn new(model: CodeModel, tokenizer: GenTokenizer, dir: &Path, device: &Device) -> Self {
-        let token_bytes = tokenizer.token_bytes();
-        let grammar = TokenMask::new(token_bytes.clone(), tokenizer.end_id());
+        let grammar = TokenMask::new(tokenizer.token_bytes(), tokenizer.end_id());
         Generator {
             model,
             tokenizer,
             dir: dir.to_path_buf(),
             device: device.clone(),
-            token_bytes,
             grammar,
         }
     }
@@ -449,6 +445,38 @@ mod tests {
         (gpt, config)
     }
 
+    /// The tiny model, seeded: its configs, variables and model.
+    fn tiny_model(
+        tok: &GenTokenizer,
+        seed: u64,
+    ) -> (Gpt2Config, GeneratorConfig, VarMap, CodeModel) {
+        let (gpt, config) = tiny(tok);
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = CodeModel::new(&gpt, &config, vb).unwrap();
+        init_weights(&varmap, seed, gpt.n_layer).unwrap();
+        (gpt, config, varmap, model)
+    }
+
+    /// Ids, loss positions and labels of a batch of `programs` with no neighbours.
+    fn program_batch(
+        tok: &GenTokenizer,
+        config: &GeneratorConfig,
+        programs: &[&str],
+        dev: &Device,
+    ) -> (Tensor, Tensor, Tensor) {
+        let seqs: Vec<(Vec<u32>, usize)> = programs
+            .iter()
+            .map(|p| training_ids(tok, &[], &tok.encode(p).unwrap(), &config.layout))
+            .collect();
+        let b = batch(&seqs, config.prefix_len, tok.end_id());
+        (
+            Tensor::from_slice(&b.ids, (b.batch, b.len), dev).unwrap(),
+            Tensor::from_slice(&b.positions, b.positions.len(), dev).unwrap(),
+            Tensor::from_slice(&b.labels, b.labels.len(), dev).unwrap(),
+        )
+    }
+
     /// Distinct unit-ish image vectors, one per program.
     fn images(dev: &Device) -> Tensor {
         let v: Vec<f32> = (0..32)
@@ -467,23 +495,8 @@ mod tests {
     fn a_tiny_model_overfits_four_programs_and_reloads_to_identical_logits() {
         let dev = Device::Cpu;
         let tok = GenTokenizer::train(PROGRAMS.into_iter(), 320).unwrap();
-        let (gpt, config) = tiny(&tok);
-        let varmap = VarMap::new();
-        let model = CodeModel::new(
-            &gpt,
-            &config,
-            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
-        )
-        .unwrap();
-        init_weights(&varmap, 9, gpt.n_layer).unwrap();
-        let seqs: Vec<(Vec<u32>, usize)> = PROGRAMS
-            .iter()
-            .map(|p| training_ids(&tok, &[], &tok.encode(p).unwrap(), &config.layout))
-            .collect();
-        let b = batch(&seqs, config.prefix_len, tok.end_id());
-        let ids = Tensor::from_slice(&b.ids, (b.batch, b.len), &dev).unwrap();
-        let pos = Tensor::from_slice(&b.positions, b.positions.len(), &dev).unwrap();
-        let labels = Tensor::from_slice(&b.labels, b.labels.len(), &dev).unwrap();
+        let (gpt, config, varmap, model) = tiny_model(&tok, 9);
+        let (ids, pos, labels) = program_batch(&tok, &config, &PROGRAMS, &dev);
         let imgs = images(&dev);
         let mut opt = AdamW::new(&varmap, 0.0).unwrap();
         let mut loss = f32::MAX;
@@ -659,23 +672,8 @@ mod tests {
     fn gradients_reach_every_weight_of_the_model_and_the_prefix() {
         let dev = Device::Cpu;
         let tok = GenTokenizer::train(PROGRAMS.into_iter(), 300).unwrap();
-        let (gpt, config) = tiny(&tok);
-        let varmap = VarMap::new();
-        let model = CodeModel::new(
-            &gpt,
-            &config,
-            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
-        )
-        .unwrap();
-        init_weights(&varmap, 3, gpt.n_layer).unwrap();
-        let seqs: Vec<(Vec<u32>, usize)> = PROGRAMS[..2]
-            .iter()
-            .map(|p| training_ids(&tok, &[], &tok.encode(p).unwrap(), &config.layout))
-            .collect();
-        let b = batch(&seqs, config.prefix_len, tok.end_id());
-        let ids = Tensor::from_slice(&b.ids, (b.batch, b.len), &dev).unwrap();
-        let pos = Tensor::from_slice(&b.positions, b.positions.len(), &dev).unwrap();
-        let labels = Tensor::from_slice(&b.labels, b.labels.len(), &dev).unwrap();
+        let (_, config, varmap, model) = tiny_model(&tok, 3);
+        let (ids, pos, labels) = program_batch(&tok, &config, &PROGRAMS[..2], &dev);
         let imgs = images(&dev).narrow(0, 0, 2).unwrap();
         let grads = model
             .loss(&imgs, &ids, &pos, &labels)

@@ -10,6 +10,8 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::gpt2::KvCache;
+
 /// The fields of Hugging Face's `T5Config` that shape the model (`config.json`); unknown fields
 /// (`dropout_rate`, `n_positions`, ...) are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -552,17 +554,14 @@ fn causal_mask(len: usize, past: usize, dtype: DType, device: &Device) -> Result
 /// values of the encoder output (computed once), per decoder block.
 #[derive(Debug, Clone, Default)]
 pub struct T5Cache {
-    self_kv: Vec<Option<(Tensor, Tensor)>>,
-    cross_kv: Vec<Option<(Tensor, Tensor)>>,
+    self_kv: KvCache,
+    cross_kv: KvCache,
 }
 
 impl T5Cache {
     /// Decoder positions already in the cache.
     pub fn len(&self) -> usize {
-        self.self_kv
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.self_kv.len()
     }
 
     /// True before the first decoding step.
@@ -573,18 +572,9 @@ impl T5Cache {
     /// The cache with its batch rows picked (and repeated) by `rows` (u32 ids), cross-attention
     /// included: beams that survive a step keep their parents' past.
     pub fn select(&self, rows: &Tensor) -> Result<T5Cache> {
-        let pick = |layers: &[Option<(Tensor, Tensor)>]| {
-            layers
-                .iter()
-                .map(|l| match l {
-                    Some((k, v)) => Ok(Some((k.index_select(rows, 0)?, v.index_select(rows, 0)?))),
-                    None => Ok(None),
-                })
-                .collect::<Result<Vec<_>>>()
-        };
         Ok(T5Cache {
-            self_kv: pick(&self.self_kv)?,
-            cross_kv: pick(&self.cross_kv)?,
+            self_kv: self.self_kv.select(rows)?,
+            cross_kv: self.cross_kv.select(rows)?,
         })
     }
 }
@@ -727,15 +717,12 @@ impl T5 {
             self_bias = self_bias.broadcast_add(&causal_mask(t, past, dtype, x.device())?)?;
         }
         let cross_bias = mask.map(|m| key_mask(m, dtype)).transpose()?;
-        if let Some(c) = cache.as_deref_mut() {
-            c.self_kv.resize(self.decoder.blocks.len(), None);
-            c.cross_kv.resize(self.decoder.blocks.len(), None);
-        }
         let mut h = x;
+        let blocks = self.decoder.blocks.len();
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let slots = cache.as_deref_mut().map(|c| LayerCache {
-                self_kv: &mut c.self_kv[i],
-                cross_kv: &mut c.cross_kv[i],
+                self_kv: c.self_kv.slot(blocks, i),
+                cross_kv: c.cross_kv.slot(blocks, i),
             });
             h = block.forward(&h, &self_bias, encoded, cross_bias.as_ref(), slots)?;
         }
