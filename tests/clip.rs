@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{interrupt_once_written, ok_json, rag, s, stderr};
+use common::{file, interrupt_once_written, ok_json, rag, s, stderr, synth_corpus};
 use std::path::Path;
 use std::process::Command;
 
@@ -34,29 +34,11 @@ fn train_args<'a>(corpus: &'a Path, out: &'a Path, epochs: &'a str) -> Vec<&'a s
     ]
 }
 
-fn file(dir: &Path, name: &str) -> Vec<u8> {
-    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
-}
-
 #[test]
 fn train_resume_index_and_search_with_a_trained_clip() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("corpus");
-    let synth = rag(&[
-        "dataset",
-        "synth",
-        "--n",
-        "60",
-        "--seed",
-        "5",
-        "--val",
-        "0.15",
-        "--test",
-        "0.05",
-        "--out",
-        s(&corpus),
-    ]);
-    assert!(synth.status.success(), "{}", stderr(&synth));
+    synth_corpus(&corpus, "60", "5", "0.15", "0.05");
     let reader = CorpusReader::open(&corpus).unwrap();
     let n_train = reader.num_rows(Split::Train);
     assert!(n_train >= 40, "{n_train} train rows");

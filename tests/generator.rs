@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fails_with, interrupt_once_written, ok_json, rag, s, stderr};
+use common::{fails_with, file, interrupt_once_written, ok_json, rag, s, stderr, synth_corpus};
 use generator::compact::{compact, inflate};
 use generator::grammar::parses;
 use indexer::corpus::{CorpusReader, Split};
@@ -48,29 +48,11 @@ fn train_args<'a>(
     ]
 }
 
-fn file(dir: &Path, name: &str) -> Vec<u8> {
-    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
-}
-
 #[test]
 fn train_resume_generate_and_eval_with_a_tiny_generator() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("corpus");
-    let synth = rag(&[
-        "dataset",
-        "synth",
-        "--n",
-        "60",
-        "--seed",
-        "11",
-        "--val",
-        "0.15",
-        "--test",
-        "0.1",
-        "--out",
-        s(&corpus),
-    ]);
-    assert!(synth.status.success(), "{}", stderr(&synth));
+    synth_corpus(&corpus, "60", "11", "0.15", "0.1");
     let n_train = CorpusReader::open(&corpus).unwrap().num_rows(Split::Train);
     // The compact form the generator writes rebuilds the same parts: every program of the
     // corpus, compacted and inflated, scored against itself by the real metrics.

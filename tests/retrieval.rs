@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fails_with, ok_json, rag, s, stderr};
+use common::{fails_with, ok_json, rag, s, stderr, synth_corpus};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -61,21 +61,7 @@ fn search(index: &Path, image: &Path, extra: &[&str]) -> Output {
 fn index_search_generate_and_eval_on_a_synthetic_corpus() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("corpus");
-    let out = rag(&[
-        "dataset",
-        "synth",
-        "--n",
-        "24",
-        "--seed",
-        "3",
-        "--val",
-        "0.1",
-        "--test",
-        "0.2",
-        "--out",
-        s(&corpus),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    synth_corpus(&corpus, "24", "3", "0.1", "0.2");
     let train = split_rows(&corpus, Split::Train);
     assert!(train.len() >= 10);
 

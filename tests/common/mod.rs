@@ -65,3 +65,28 @@ pub fn fails_with(o: &Output, needle: &str) {
     let err = stderr(o);
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
+
+/// Synthesises a corpus of `n` rows into `out` with `rag dataset synth` (seeded; `val` and
+/// `test` are the split shares), asserting it succeeds.
+pub fn synth_corpus(out: &Path, n: &str, seed: &str, val: &str, test: &str) {
+    let o = rag(&[
+        "dataset",
+        "synth",
+        "--n",
+        n,
+        "--seed",
+        seed,
+        "--val",
+        val,
+        "--test",
+        test,
+        "--out",
+        s(out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A file's bytes, naming the file when it cannot be read.
+pub fn file(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
+}
