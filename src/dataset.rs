@@ -258,7 +258,7 @@ pub(crate) async fn style(out: &Path) -> Result<ExitCode> {
         "sample", "mask IoU", "median diff", "edge precision"
     );
     for s in reference::samples() {
-        let ours = render_code(&pool, &s.cadquery, 448).await?;
+        let ours = pool.render(&s.cadquery, 448).await?;
         let real = reference_image(&s.deepcad_id)?;
         let c = evaluator::style::compare(&real, &ours);
         println!(
@@ -274,26 +274,6 @@ pub(crate) async fn style(out: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Executes code in the sandbox and renders it.
-async fn render_code(
-    pool: &evaluator::WorkerPool,
-    code: &str,
-    size: u32,
-) -> Result<image::RgbImage> {
-    let exec = pool.exec(code, Wants::RENDER).await;
-    if !exec.is_valid() {
-        bail!(
-            "the code did not build a solid ({}): {}",
-            exec.status.as_str(),
-            exec.message
-        );
-    }
-    let (Some(mesh), Some(edges)) = (exec.mesh, exec.edges) else {
-        bail!("the worker returned no mesh");
-    };
-    Ok(render_part(&mesh, &edges, size)?)
-}
-
 /// `rag render CODE.py --out part.png`.
 pub async fn render(code: &Path, out: &Path, size: u32) -> Result<ExitCode> {
     let bytes = std::fs::read(code).with_context(|| format!("reading {}", code.display()))?;
@@ -304,7 +284,8 @@ pub async fn render(code: &Path, out: &Path, size: u32) -> Result<ExitCode> {
         ..PoolArgs::default()
     })
     .await?;
-    let image = render_code(&pool, &text, size)
+    let image = pool
+        .render(&text, size)
         .await
         .with_context(|| format!("rendering {}", code.display()))?;
     image

@@ -17,6 +17,7 @@ use indexer::corpus::{CorpusReader, Split};
 use indexer::encoder::{load_image, to_rgb_on_white, Fnv1a64};
 use retriever::Retriever;
 
+use crate::report;
 use crate::retrieval::{load_retriever, percentile};
 use crate::{fmt_opt, print_table, progress_bar, start_pool, PoolArgs};
 
@@ -109,6 +110,12 @@ pub struct GenerateArgs {
     /// Write the code here instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write a render of the answer's solid (448x448 PNG, the dataset's style) here.
+    #[arg(long)]
+    render: Option<PathBuf>,
+    /// Also write the query and the render of the answer side by side (PNG) here.
+    #[arg(long)]
+    side_by_side: Option<PathBuf>,
 }
 
 /// `rag generate`: one image -> code (retrieval only, or the model with the fallback check).
@@ -198,7 +205,39 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
         }
         None => print!("{code}"),
     }
+    if args.render.is_some() || args.side_by_side.is_some() {
+        write_pictures(&args, &code).await?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--render` / `--side-by-side`: the answer's solid rendered in the dataset's style, alone
+/// and next to the query.
+async fn write_pictures(args: &GenerateArgs, code: &str) -> Result<()> {
+    let pool = start_pool(&PoolArgs {
+        workers: Some(1),
+        ..PoolArgs::default()
+    })
+    .await?;
+    let render = pool
+        .render(code, 448)
+        .await
+        .context("rendering the answer")?;
+    if let Some(path) = &args.render {
+        render
+            .save(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("render: {}", path.display());
+    }
+    if let Some(path) = &args.side_by_side {
+        let query = load_image(&args.image)?;
+        let sheet = evaluator::style::side_by_side(&[("query | answer".into(), query, render)]);
+        sheet
+            .save(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("query | answer: {}", path.display());
+    }
+    Ok(())
 }
 
 /// Neighbours retrieved as fallbacks when the model's program does not run.
@@ -264,6 +303,10 @@ pub struct EvalArgs {
     /// Write one JSON row per query and mode (prediction source, status, IoUs) to this file.
     #[arg(long)]
     per_item: Option<PathBuf>,
+    /// Write an HTML report here: comparison table, IoU histograms, a gallery of the best,
+    /// median and worst cases with renders, failures by status, command and versions.
+    #[arg(long)]
+    report: Option<PathBuf>,
     #[command(flatten)]
     pool: PoolArgs,
 }
@@ -293,6 +336,8 @@ struct ModeRun {
     pending: Vec<Option<Answer>>,
     /// Per query: what produced the prediction (neighbour or generation facts).
     notes: Vec<serde_json::Value>,
+    /// Per query: the top neighbour's id and code (the report's gallery renders it).
+    top: Vec<Option<(String, String)>>,
 }
 
 fn note(a: &Answer) -> serde_json::Value {
@@ -355,8 +400,10 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             latencies: Vec::with_capacity(total),
             pending: Vec::new(),
             notes: Vec::with_capacity(total),
+            top: Vec::with_capacity(total),
         })
         .collect();
+    let mut queries: Vec<Option<Vec<u8>>> = Vec::new();
     let mut with_match = 0usize;
     let mut hits = [0usize; 3];
     let bar = progress_bar(total as u64);
@@ -370,6 +417,9 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     ));
     for row in reader.rows(split).take(total) {
         let row = row?;
+        if args.report.is_some() {
+            queries.push(Some(row.image_png.clone()));
+        }
         let image = image::load_from_memory(&row.image_png)
             .map(|i| to_rgb_on_white(&i))
             .map_err(|e| format!("image does not decode: {e}"));
@@ -412,6 +462,8 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                         }
                     }
                     run.notes.push(note(&a));
+                    run.top
+                        .push(a.neighbours.first().map(|n| (n.id.clone(), n.code.clone())));
                     let code = (!a.code.is_empty()).then(|| CodeText::Utf8(a.code.clone()));
                     if args.fallback && run.mode != Mode::Retrieval {
                         run.pending.push(Some(a));
@@ -421,6 +473,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                 Err(e) => {
                     tracing::warn!("{} (id {}): {e}", row.origin, row.deepcad_id);
                     run.notes.push(serde_json::json!({ "error": e }));
+                    run.top.push(None);
                     run.latencies.push(None);
                     if args.fallback && run.mode != Mode::Retrieval {
                         run.pending.push(None);
@@ -472,11 +525,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     }
     let seconds = t.elapsed().as_secs_f64();
     let recall = |h: usize| (with_match > 0).then(|| h as f64 / with_match as f64);
-    let recall_note = if with_match == 0 {
-        "n/a: no query has an exact-shape match (same normalised code) in the index"
-    } else {
-        "over queries whose normalised code also occurs in the index"
-    };
+    let recall_note = recall_note(with_match);
     let mut reports = Vec::new();
     for (run, its) in runs.iter_mut().zip(&items) {
         let summary = Summary::of(its, seconds);
@@ -536,8 +585,49 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             let all: Vec<&serde_json::Value> = reports.iter().map(|r| &r.1).collect();
             println!("{}", serde_json::json!({ "modes": all }));
         }
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        print_eval(
+            &args,
+            &retriever,
+            split,
+            total,
+            load_seconds,
+            &reports,
+            with_match,
+            hits,
+        );
     }
+    if args.report.is_some() {
+        let page =
+            write_report(&args, &retriever, &pool, &queries, &runs, &items, &reports).await?;
+        eprintln!("report: {}", page.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the recall figures are over.
+fn recall_note(with_match: usize) -> &'static str {
+    if with_match == 0 {
+        "n/a: no query has an exact-shape match (same normalised code) in the index"
+    } else {
+        "over queries whose normalised code also occurs in the index"
+    }
+}
+
+/// The human-readable `rag eval` output: a block per mode, then one comparison table.
+#[allow(clippy::too_many_arguments)]
+fn print_eval(
+    args: &EvalArgs,
+    retriever: &Retriever,
+    split: Split,
+    total: usize,
+    load_seconds: f64,
+    reports: &[(Summary, serde_json::Value)],
+    with_match: usize,
+    hits: [usize; 3],
+) {
+    let recall = |h: usize| (with_match > 0).then(|| h as f64 / with_match as f64);
+    let recall_note = recall_note(with_match);
     println!(
         "{} {} ({} queries), index {} ({} vectors, encoder {}, loaded in {:.3} s){}",
         args.corpus.display(),
@@ -552,7 +642,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             .map(|m| format!(", model {}", m.display()))
             .unwrap_or_default()
     );
-    for (summary, v) in &reports {
+    for (summary, v) in reports {
         println!("\n== mode {} ==", v["mode"].as_str().unwrap_or(""));
         print_table(summary, Protocols::ALL);
         println!(
@@ -587,7 +677,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             "\n{:<10} {:>6} {:>12} {:>12} {:>12} {:>12} {:>10}",
             "mode", "VSR", "shell(valid)", "shell(all)", "vol(valid)", "vol(all)", "p50 ms"
         );
-        for (s, v) in &reports {
+        for (s, v) in reports {
             println!(
                 "{:<10} {:>6.3} {:>12} {:>12} {:>12} {:>12} {:>10}",
                 v["mode"].as_str().unwrap_or(""),
@@ -600,7 +690,79 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// `--report`: the page for this evaluation (what was run, on what, and the results).
+async fn write_report(
+    args: &EvalArgs,
+    retriever: &Retriever,
+    pool: &std::sync::Arc<evaluator::WorkerPool>,
+    queries: &[Option<Vec<u8>>],
+    runs: &[ModeRun],
+    items: &[Vec<evaluator::ItemScore>],
+    reports: &[(Summary, serde_json::Value)],
+) -> Result<PathBuf> {
+    let Some(dir) = &args.report else {
+        bail!("no report folder given");
+    };
+    let manifest = retriever.manifest();
+    let mut setup = vec![
+        ("created".to_string(), report::utc_now()),
+        (
+            "corpus".to_string(),
+            format!("{} (split {})", args.corpus.display(), args.split),
+        ),
+        ("queries".to_string(), queries.len().to_string()),
+        (
+            "index".to_string(),
+            format!(
+                "{} ({} vectors, encoder {})",
+                args.index.display(),
+                retriever.store().len(),
+                manifest.encoder.id
+            ),
+        ),
+    ];
+    if let Some(m) = &args.model {
+        setup.push(("model".to_string(), m.display().to_string()));
+        setup.push((
+            "decoding".to_string(),
+            serde_json::to_string(&args.decode.options())?,
+        ));
+        setup.push(("fallback".to_string(), args.fallback.to_string()));
+    }
+    let provenance = evaluator::report::Provenance {
+        title: format!(
+            "cadrag evaluation: {} {}",
+            args.corpus.display(),
+            args.split
+        ),
+        command: report::command_line(),
+        setup,
+        versions: report::versions(),
+    };
+    let modes = runs
+        .iter()
+        .zip(items)
+        .zip(reports)
+        .map(|((run, its), (summary, v))| report::ModeResults {
+            name: run.mode.as_str().to_string(),
+            summary: summary.clone(),
+            latency_p50_ms: v["latency_ms"]["p50"].as_f64(),
+            latency_p95_ms: v["latency_ms"]["p95"].as_f64(),
+            items: its.clone(),
+            neighbours: run.top.clone(),
+            predictions: run
+                .inputs
+                .iter()
+                .map(|i| match &i.pred {
+                    Some(CodeText::Utf8(c)) => Some(c.clone()),
+                    _ => None,
+                })
+                .collect(),
+        })
+        .collect();
+    report::write_eval_report(dir, pool, provenance, queries, modes).await
 }
 
 /// `--fallback`: every pending answer of `run` is checked in the sandbox (in parallel); the

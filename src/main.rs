@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use evaluator::score::{score_pair, score_sets};
 mod dataset;
 mod generation;
+mod report;
 mod retrieval;
 mod train;
 
@@ -474,10 +475,26 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
     .await?;
     let rag_code = out.join("generated-rag.py").display().to_string();
     eprintln!("demo: generating code for {q} with the generator into {rag_code}");
+    let (render, sheet) = (
+        out.join("generated-rag.png").display().to_string(),
+        out.join("query-vs-generated.png").display().to_string(),
+    );
     demo_step(&[
-        "generate", &q, "--index", &i, "--model", &model, "--out", &rag_code,
+        "generate",
+        &q,
+        "--index",
+        &i,
+        "--model",
+        &model,
+        "--out",
+        &rag_code,
+        "--render",
+        &render,
+        "--side-by-side",
+        &sheet,
     ])
     .await?;
+    let report = out.join("report").display().to_string();
     eprintln!("demo: evaluating the test split: retrieval only, generator only, and RAG");
     demo_step(&[
         "eval",
@@ -491,8 +508,12 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
         "retrieval,generator,rag",
         "--model",
         &model,
+        "--report",
+        &report,
     ])
-    .await
+    .await?;
+    eprintln!("demo: done; the evaluation report is {report}/index.html");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Demo step: index the corpus's train split with `encoder` into `index`.

@@ -8,7 +8,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fails_with, file, interrupt_once_written, ok_json, rag, s, stderr, synth_corpus};
+use common::{
+    check_report, fails_with, file, interrupt_once_written, ok_json, rag, s, stderr, synth_corpus,
+};
 use generator::compact::{compact, inflate};
 use generator::grammar::parses;
 use indexer::corpus::{CorpusReader, Split};
@@ -253,6 +255,7 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
 
     // eval: the three modes side by side, each with the evaluator's fields.
     let per_item = tmp.path().join("items.jsonl");
+    let report = tmp.path().join("report");
     let e = ok_json(&rag(&[
         "eval",
         "--corpus",
@@ -271,11 +274,15 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
         "200",
         "--per-item",
         s(&per_item),
+        "--report",
+        s(&report),
         "--json",
     ]));
     let modes = e["modes"].as_array().unwrap();
     let names: Vec<&str> = modes.iter().map(|m| m["mode"].as_str().unwrap()).collect();
     assert_eq!(names, ["retrieval", "generator", "rag"]);
+    // The report shows all three modes; every gallery render and histogram loads.
+    assert!(check_report(&report, &names) >= 3 * 3);
     for m in modes {
         assert_eq!(m["n"], 3);
         let vsr = m["vsr"].as_f64().unwrap();

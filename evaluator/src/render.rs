@@ -556,6 +556,37 @@ fn shade_table() -> &'static [[u8; 3]] {
     })
 }
 
+/// Why a program could not be turned into a picture.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeRenderError {
+    #[error("the code did not build a solid ({status}): {message}")]
+    NotASolid {
+        status: &'static str,
+        message: String,
+    },
+    #[error("the worker returned no mesh")]
+    NoMesh,
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+impl crate::WorkerPool {
+    /// Runs `code` in the sandbox and renders the solid it builds, `size` x `size`.
+    pub async fn render(&self, code: &str, size: u32) -> Result<RgbImage, CodeRenderError> {
+        let exec = self.exec(code, crate::Wants::RENDER).await;
+        if !exec.is_valid() {
+            return Err(CodeRenderError::NotASolid {
+                status: exec.status.as_str(),
+                message: exec.message,
+            });
+        }
+        let (Some(mesh), Some(edges)) = (exec.mesh, exec.edges) else {
+            return Err(CodeRenderError::NoMesh);
+        };
+        Ok(render_part(&mesh, &edges, size)?)
+    }
+}
+
 /// Render a tessellated part as a `size` x `size` image in the GenCAD-Code style.
 ///
 /// `mesh` gives the faces (vertices shared only within a B-rep face, as the worker

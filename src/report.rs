@@ -1,0 +1,155 @@
+//! `rag eval --report DIR`: gathers what the evaluation already computed, renders the
+//! gallery's programs in the sandbox, and hands it all to `evaluator::report`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use evaluator::render::encode_png;
+use evaluator::report::{
+    gallery_picks, write_report, GalleryCase, ModeReport, Picture, Provenance, Report,
+};
+use evaluator::{ItemScore, Summary, WorkerPool};
+
+/// Side of the gallery renders, pixels (the dataset's size; the page shows them at half).
+const RENDER_SIZE: u32 = 448;
+
+/// One mode's results with what the gallery needs per query.
+pub struct ModeResults {
+    pub name: String,
+    pub summary: Summary,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub items: Vec<ItemScore>,
+    /// Per query: the top neighbour's (id, code).
+    pub neighbours: Vec<Option<(String, String)>>,
+    /// Per query: the predicted code.
+    pub predictions: Vec<Option<String>>,
+}
+
+/// The command line as typed (arguments with spaces or quotes single-quoted).
+pub fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Now, as the report's "created" line.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    evaluator::report::utc_timestamp(secs)
+}
+
+/// Versions of the parts that produced the figures.
+pub fn versions() -> Vec<(String, String)> {
+    let mut v = vec![("rag".to_string(), env!("CARGO_PKG_VERSION").to_string())];
+    for line in evaluator::env::LOCK_FILE.lines() {
+        if let Some((name, version)) = line.split_once("==") {
+            if name == "cadquery" || name == "cadquery-ocp" {
+                v.push((name.to_string(), version.trim().to_string()));
+            }
+        }
+    }
+    v.push((
+        "os".to_string(),
+        format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+    ));
+    v
+}
+
+/// Renders `codes` in the pool, in parallel; each distinct program once.
+async fn render_all(
+    pool: &Arc<WorkerPool>,
+    codes: Vec<String>,
+) -> Result<HashMap<String, Picture>> {
+    let mut handles = Vec::new();
+    for code in codes {
+        let pool = pool.clone();
+        handles.push(tokio::spawn(async move {
+            let picture = match pool.render(&code, RENDER_SIZE).await {
+                Ok(img) => match encode_png(img) {
+                    Ok(png) => Picture::Png(png),
+                    Err(e) => Picture::Missing(format!("PNG encoding failed: {e}")),
+                },
+                Err(e) => Picture::Missing(e.to_string()),
+            };
+            (code, picture)
+        }));
+    }
+    let mut out = HashMap::new();
+    for h in handles {
+        let (code, picture) = h.await?;
+        out.insert(code, picture);
+    }
+    Ok(out)
+}
+
+/// Writes the report: picks each mode's gallery, renders its programs, writes the page.
+pub async fn write_eval_report(
+    dir: &Path,
+    pool: &Arc<WorkerPool>,
+    provenance: Provenance,
+    queries: &[Option<Vec<u8>>],
+    modes: Vec<ModeResults>,
+) -> Result<PathBuf> {
+    let picks: Vec<Vec<(&'static str, usize)>> =
+        modes.iter().map(|m| gallery_picks(&m.items)).collect();
+    let mut codes: Vec<String> = Vec::new();
+    for (m, ps) in modes.iter().zip(&picks) {
+        for &(_, i) in ps {
+            codes.extend(m.neighbours[i].as_ref().map(|(_, c)| c.clone()));
+            codes.extend(m.predictions[i].clone());
+        }
+    }
+    codes.sort();
+    codes.dedup();
+    let pictures = render_all(pool, codes).await?;
+    let picture = |code: Option<&String>, none: &str| match code {
+        Some(c) => pictures
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| Picture::Missing("not rendered".into())),
+        None => Picture::Missing(none.into()),
+    };
+    let mut out = Vec::with_capacity(modes.len());
+    for (m, ps) in modes.into_iter().zip(picks) {
+        let gallery = ps
+            .into_iter()
+            .map(|(label, i)| GalleryCase {
+                label: label.to_string(),
+                item: m.items[i].clone(),
+                query: queries[i]
+                    .clone()
+                    .map_or_else(|| Picture::Missing("no query image".into()), Picture::Png),
+                neighbour_id: m.neighbours[i].as_ref().map(|(id, _)| id.clone()),
+                neighbour: picture(m.neighbours[i].as_ref().map(|(_, c)| c), "no neighbour"),
+                prediction: picture(m.predictions[i].as_ref(), "no prediction"),
+            })
+            .collect();
+        out.push(ModeReport {
+            name: m.name,
+            summary: m.summary,
+            latency_p50_ms: m.latency_p50_ms,
+            latency_p95_ms: m.latency_p95_ms,
+            items: m.items,
+            gallery,
+        });
+    }
+    Ok(write_report(
+        dir,
+        &Report {
+            provenance,
+            modes: out,
+        },
+    )?)
+}
