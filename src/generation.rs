@@ -12,6 +12,10 @@ use clap::{Args, ValueEnum};
 use evaluator::score::score_pair;
 use evaluator::{CodeText, PairInput, Protocols, Summary};
 use generator::fallback::{first_that_runs, CodeSource};
+use generator::select::{
+    self, select, RankCheck, RefineOptions, RenderJudge, ScoredCandidate, SelectOptions, Selection,
+    SelectionStats,
+};
 use generator::{answer_image, answer_vector, Answer, DecodeOptions, Generator, Mode, Strategy};
 use indexer::corpus::{CorpusReader, Split};
 use indexer::encoder::{load_image, to_rgb_on_white, Fnv1a64};
@@ -116,12 +120,26 @@ pub struct GenerateArgs {
     /// Also write the query and the render of the answer side by side (PNG) here.
     #[arg(long)]
     side_by_side: Option<PathBuf>,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Refine the chosen candidate's numbers against the render match (implies selection).
+    #[arg(long, conflicts_with = "retrieval_only")]
+    refine: bool,
+    /// Print every candidate with its status and render-match cues (implies selection).
+    #[arg(long, conflicts_with = "retrieval_only")]
+    explain: bool,
 }
 
 /// `rag generate`: one image -> code (retrieval only, or the model with the fallback check).
 pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let retriever = load_retriever(&args.index, None)?;
-    let code = if args.retrieval_only {
+    let selecting = args.select.samples.is_some() || args.refine || args.explain;
+    let code = if selecting {
+        if args.retrieval_only {
+            bail!("--samples selects among generated candidates; leave out --retrieval-only");
+        }
+        generate_by_selection(&args, &retriever).await?
+    } else if args.retrieval_only {
         let set = retriever.search_path(&args.image, 1, &args.require)?;
         let Some(best) = set.neighbours.first() else {
             bail!(
@@ -211,6 +229,55 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `generate --samples/--refine/--explain`: execution-guided selection for one image, with
+/// the candidates explained on stderr when asked.
+async fn generate_by_selection(args: &GenerateArgs, retriever: &Retriever) -> Result<String> {
+    let generator = match &args.model {
+        Some(m) => Some(args.decode.load(m, retriever)?),
+        None => {
+            eprintln!("no --model: choosing among the retrieved snippets only");
+            None
+        }
+    };
+    let image = load_image(&args.image)?;
+    let t = Instant::now();
+    let vector = retriever.encoder().encode(&image)?;
+    let embed = t.elapsed().as_secs_f64();
+    let pool = start_pool(&PoolArgs::default()).await?;
+    let opts = args.select.options(&args.decode, args.refine);
+    let (answer, sel) = select_answer(
+        retriever,
+        generator.as_ref(),
+        &pool,
+        &image,
+        &vector,
+        embed,
+        &opts,
+    )
+    .await?;
+    if args.explain {
+        eprint!("{}", sel.explain());
+    }
+    let Some(chosen) = sel.chosen() else {
+        bail!(
+            "no candidate and none of the {} retrieved snippets runs in the sandbox",
+            answer.neighbours.len()
+        );
+    };
+    eprintln!(
+        "answer: {}{} ({} programs executed, {:.2} s)",
+        chosen.source.describe(),
+        if sel.fell_back {
+            ", after every candidate failed"
+        } else {
+            ""
+        },
+        sel.executed,
+        answer.seconds()
+    );
+    Ok(sel.code)
+}
+
 /// `--render` / `--side-by-side`: the answer's solid rendered in the dataset's style, alone
 /// and next to the query.
 async fn write_pictures(args: &GenerateArgs, code: &str) -> Result<()> {
@@ -259,16 +326,123 @@ pub enum EvalMode {
     Generator,
     /// The generator with the top-k neighbours in its prompt.
     Rag,
+    /// Best-of-N: the model's greedy/beam output, `--samples` samples and the top
+    /// `--candidates` snippets executed, ranked by render match (snippets only without --model).
+    Rerank,
+    /// Rerank, then the winner's numbers refined against the render match.
+    Refine,
 }
 
-impl From<EvalMode> for Mode {
-    fn from(m: EvalMode) -> Self {
-        match m {
-            EvalMode::Retrieval => Mode::Retrieval,
-            EvalMode::Generator => Mode::Generator,
-            EvalMode::Rag => Mode::Rag,
+impl EvalMode {
+    /// The name on the command line and in reports.
+    fn as_str(self) -> &'static str {
+        match self {
+            EvalMode::Retrieval => "retrieval",
+            EvalMode::Generator => "generator",
+            EvalMode::Rag => "rag",
+            EvalMode::Rerank => "rerank",
+            EvalMode::Refine => "refine",
         }
     }
+
+    /// The single-answer path, or None for the execution-guided modes.
+    fn pipeline(self) -> Option<Mode> {
+        match self {
+            EvalMode::Retrieval => Some(Mode::Retrieval),
+            EvalMode::Generator => Some(Mode::Generator),
+            EvalMode::Rag => Some(Mode::Rag),
+            EvalMode::Rerank | EvalMode::Refine => None,
+        }
+    }
+}
+
+/// Options of execution-guided selection, shared by `generate` and `eval`.
+#[derive(Args, Clone)]
+pub struct SelectArgs {
+    /// Best-of-N: sampled generator outputs among the candidates (`generate`: turns
+    /// selection on; `eval`: used by the rerank and refine modes, default 4).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Top retrieved snippets that are candidates themselves.
+    #[arg(long, default_value_t = 5)]
+    candidates: usize,
+    /// Programs the numeric refinement may execute.
+    #[arg(long, default_value_t = 24)]
+    refine_budget: usize,
+    /// Keep DeepCAD's quantisation (1/128 grids, integer sketch coordinates) when refining.
+    #[arg(long)]
+    quantise: bool,
+}
+
+impl SelectArgs {
+    fn options(&self, decode: &DecodeArgs, refine: bool) -> SelectOptions {
+        SelectOptions {
+            samples: self.samples.unwrap_or(4),
+            beam: decode.beam.max(1),
+            neighbours: self.candidates,
+            temperature: decode.temperature,
+            top_p: decode.top_p,
+            seed: decode.seed,
+            max_tokens: decode.max_tokens,
+            constrained: !decode.unconstrained,
+            refine: refine.then_some(RefineOptions {
+                budget: self.refine_budget,
+                quantise: self.quantise,
+            }),
+        }
+    }
+}
+
+/// Answers one embedded image by execution-guided selection, as an [`Answer`] (the chosen
+/// code; decode and sandbox time in its latency) with the [`Selection`] behind it.
+#[allow(clippy::too_many_arguments)]
+async fn select_answer(
+    retriever: &Retriever,
+    generator: Option<&Generator>,
+    pool: &std::sync::Arc<evaluator::WorkerPool>,
+    image: &image::RgbImage,
+    vector: &[f32],
+    embed_seconds: f64,
+    opts: &SelectOptions,
+) -> Result<(Answer, Selection)> {
+    let k = generator.map_or(0, |g| g.model.config().layout.k);
+    let set = retriever.search_vector(
+        vector,
+        (opts.neighbours + select::FALLBACK_NEIGHBOURS).max(k),
+        &[],
+    )?;
+    let mut judge = RenderJudge::new(pool.clone(), retriever, image, vector.to_vec());
+    let sel = select(&mut judge, generator, vector, &set.neighbours, opts).await?;
+    let answer = Answer {
+        code: sel.code.clone(),
+        mode: if generator.is_some() {
+            Mode::Rag
+        } else {
+            Mode::Retrieval
+        },
+        neighbours: set.neighbours,
+        generation: None,
+        embed_seconds,
+        search_seconds: set.search_seconds,
+        decode_seconds: sel.decode_seconds + sel.check_seconds,
+    };
+    Ok((answer, sel))
+}
+
+/// The per-item note of a selection: the chosen source and every candidate's outcome.
+fn selection_note(sel: &Selection) -> serde_json::Value {
+    serde_json::json!({
+        "source": sel.chosen().map(|c| &c.source),
+        "fell_back": sel.fell_back,
+        "executed": sel.executed,
+        "refinement": sel.refinement,
+        "candidates": sel.candidates.iter().map(|c| serde_json::json!({
+            "source": c.source,
+            "also": c.also,
+            "status": c.status,
+            "fit": c.fit,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 #[derive(Args)]
@@ -308,6 +482,12 @@ pub struct EvalArgs {
     #[arg(long)]
     report: Option<PathBuf>,
     #[command(flatten)]
+    select: SelectArgs,
+    /// Rerank and refine modes: also score every valid candidate against the ground truth
+    /// and report the Spearman correlation of the render-match score with volume IoU.
+    #[arg(long)]
+    rank_check: bool,
+    #[command(flatten)]
     pool: PoolArgs,
 }
 
@@ -328,7 +508,7 @@ fn code_key(code: &str) -> u64 {
 
 /// One mode's predictions over the split.
 struct ModeRun {
-    mode: Mode,
+    mode: EvalMode,
     inputs: Vec<PairInput>,
     /// Per query: seconds to answer (none when the query failed before an answer).
     latencies: Vec<Option<f64>>,
@@ -338,6 +518,8 @@ struct ModeRun {
     notes: Vec<serde_json::Value>,
     /// Per query: the top neighbour's id and code (the report's gallery renders it).
     top: Vec<Option<(String, String)>>,
+    /// Per query, in the selection modes: the candidates and the choice.
+    selections: Vec<Option<Selection>>,
 }
 
 fn note(a: &Answer) -> serde_json::Value {
@@ -359,12 +541,11 @@ fn note(a: &Answer) -> serde_json::Value {
 /// `rag eval`: every query of a split answered in each mode, then scored with both protocols.
 pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     let split: Split = args.split.parse()?;
-    let modes: Vec<Mode> = {
+    let modes: Vec<EvalMode> = {
         let mut seen = Vec::new();
         for m in &args.mode {
-            let m = Mode::from(*m);
-            if !seen.contains(&m) {
-                seen.push(m);
+            if !seen.contains(m) {
+                seen.push(*m);
             }
         }
         seen
@@ -372,14 +553,20 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     let t = Instant::now();
     let retriever = load_retriever(&args.index, None)?;
     let load_seconds = t.elapsed().as_secs_f64();
-    let needs_model = modes.iter().any(|m| *m != Mode::Retrieval);
-    let generator = match (&args.model, needs_model) {
-        (Some(m), true) => Some(args.decode.load(m, &retriever)?),
-        (None, true) => {
+    let needs_model = modes
+        .iter()
+        .any(|m| matches!(m, EvalMode::Generator | EvalMode::Rag));
+    let uses_model = modes.iter().any(|m| *m != EvalMode::Retrieval);
+    let generator = match (&args.model, needs_model, uses_model) {
+        (Some(m), _, true) => Some(args.decode.load(m, &retriever)?),
+        (None, true, _) => {
             bail!("modes generator and rag need --model CKPT (from `rag train generator`)")
         }
         _ => None,
     };
+    if generator.is_none() && uses_model {
+        eprintln!("no --model: the rerank and refine modes choose among retrieved snippets only");
+    }
     let opts = args.decode.options();
     let reader = CorpusReader::open(&args.corpus)?;
     let available = reader.num_rows(split);
@@ -401,8 +588,13 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             pending: Vec::new(),
             notes: Vec::with_capacity(total),
             top: Vec::with_capacity(total),
+            selections: Vec::with_capacity(total),
         })
         .collect();
+    // The selection modes execute candidates while answering; scoring uses the same pool.
+    let pool = start_pool(&args.pool).await?;
+    let sopts_rerank = args.select.options(&args.decode, false);
+    let sopts_refine = args.select.options(&args.decode, true);
     let mut queries: Vec<Option<Vec<u8>>> = Vec::new();
     let mut with_match = 0usize;
     let mut hits = [0usize; 3];
@@ -423,28 +615,44 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
         let image = image::load_from_memory(&row.image_png)
             .map(|i| to_rgb_on_white(&i))
             .map_err(|e| format!("image does not decode: {e}"));
-        let embedded = image.and_then(|img| {
+        let embedded = image.as_ref().map_err(|e| e.clone()).and_then(|img| {
             let t = Instant::now();
             retriever
                 .encoder()
-                .encode(&img)
+                .encode(img)
                 .map(|v| (v, t.elapsed().as_secs_f64()))
                 .map_err(|e| e.to_string())
         });
         let key = code_key(&row.cadquery);
         let mut counted = false;
         for run in runs.iter_mut() {
-            let answer = embedded
-                .as_ref()
-                .map_err(|e| e.clone())
-                .and_then(|(v, embed)| {
-                    answer_vector(&retriever, generator.as_ref(), v, run.mode, 10, &opts)
+            let mut selection = None;
+            let answer = match (&embedded, &image, run.mode.pipeline()) {
+                (Err(e), _, _) => Err(e.clone()),
+                (Ok((v, embed)), _, Some(mode)) => {
+                    answer_vector(&retriever, generator.as_ref(), v, mode, 10, &opts)
                         .map(|mut a| {
                             a.embed_seconds = *embed;
                             a
                         })
                         .map_err(|e| e.to_string())
-                });
+                }
+                (Ok((v, embed)), Ok(img), None) => {
+                    let sopts = if run.mode == EvalMode::Refine {
+                        &sopts_refine
+                    } else {
+                        &sopts_rerank
+                    };
+                    select_answer(&retriever, generator.as_ref(), &pool, img, v, *embed, sopts)
+                        .await
+                        .map(|(a, s)| {
+                            selection = Some(s);
+                            a
+                        })
+                        .map_err(|e| format!("{e:#}"))
+                }
+                (Ok(_), Err(e), None) => Err(e.clone()),
+            };
             let pred = match answer {
                 Ok(a) => {
                     run.latencies.push(Some(a.seconds()));
@@ -461,11 +669,15 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                             }
                         }
                     }
-                    run.notes.push(note(&a));
+                    let mut n = note(&a);
+                    if let Some(s) = &selection {
+                        n["selection"] = selection_note(s);
+                    }
+                    run.notes.push(n);
                     run.top
                         .push(a.neighbours.first().map(|n| (n.id.clone(), n.code.clone())));
                     let code = (!a.code.is_empty()).then(|| CodeText::Utf8(a.code.clone()));
-                    if args.fallback && run.mode != Mode::Retrieval {
+                    if args.fallback && matches!(run.mode, EvalMode::Generator | EvalMode::Rag) {
                         run.pending.push(Some(a));
                     }
                     code
@@ -475,12 +687,13 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                     run.notes.push(serde_json::json!({ "error": e }));
                     run.top.push(None);
                     run.latencies.push(None);
-                    if args.fallback && run.mode != Mode::Retrieval {
+                    if args.fallback && matches!(run.mode, EvalMode::Generator | EvalMode::Rag) {
                         run.pending.push(None);
                     }
                     None
                 }
             };
+            run.selections.push(selection);
             run.inputs.push(PairInput {
                 id: row.deepcad_id.clone(),
                 gt: CodeText::Utf8(row.cadquery.clone()),
@@ -491,8 +704,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     }
     bar.finish_and_clear();
     // Scoring starts after every query is answered, so latencies are not measured against
-    // CadQuery workers competing for the cores.
-    let pool = start_pool(&args.pool).await?;
+    // CadQuery workers scoring other queries.
     for run in runs.iter_mut().filter(|r| !r.pending.is_empty()) {
         check_in_sandbox(&pool, run).await?;
     }
@@ -523,11 +735,19 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     if let Some(path) = &args.per_item {
         write_per_item(path, &runs, &items)?;
     }
+    let mut rank_checks = Vec::with_capacity(runs.len());
+    for run in &runs {
+        rank_checks.push(if args.rank_check && run.mode.pipeline().is_none() {
+            Some(rank_check(&pool, run).await?)
+        } else {
+            None
+        });
+    }
     let seconds = t.elapsed().as_secs_f64();
     let recall = |h: usize| (with_match > 0).then(|| h as f64 / with_match as f64);
     let recall_note = recall_note(with_match);
     let mut reports = Vec::new();
-    for (run, its) in runs.iter_mut().zip(&items) {
+    for ((run, its), check) in runs.iter_mut().zip(&items).zip(rank_checks) {
         let summary = Summary::of(its, seconds);
         let mut latencies: Vec<f64> = run.latencies.iter().flatten().copied().collect();
         latencies.sort_by(f64::total_cmp);
@@ -541,7 +761,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
         v["index_vectors"] = retriever.store().len().into();
         v["index_load_seconds"] = load_seconds.into();
         v["latency_ms"] = serde_json::json!({"p50": p50, "p95": p95, "queries": latencies.len()});
-        if run.mode == Mode::Retrieval {
+        if run.mode == EvalMode::Retrieval {
             let scores: Vec<f64> = run
                 .notes
                 .iter()
@@ -557,6 +777,17 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                 "at_10": recall(hits[2]),
                 "note": recall_note,
             });
+        } else if run.mode.pipeline().is_none() {
+            v["model"] = args.model.as_ref().map(|m| m.display().to_string()).into();
+            let done: Vec<&Selection> = run.selections.iter().flatten().collect();
+            v["selection"] = serde_json::to_value(SelectionStats::of(&done))?;
+            v["selection"]["options"] = serde_json::to_value(
+                args.select
+                    .options(&args.decode, run.mode == EvalMode::Refine),
+            )?;
+            if let Some(c) = check {
+                v["rank_check"] = serde_json::to_value(c)?;
+            }
         } else {
             v["model"] = args.model.as_ref().map(|m| m.display().to_string()).into();
             v["decode"] = serde_json::to_value(opts)?;
@@ -665,6 +896,32 @@ fn print_eval(
                     fmt_opt(recall(hits[2]))
                 );
             }
+        } else if let Some(sel) = v.get("selection") {
+            println!(
+                "candidates     {} executed per query (mean); chosen: {} model, {} snippet, {} refined; {} fell back",
+                fmt_opt(sel["executed_mean"].as_f64()),
+                sel["chosen_model"],
+                sel["chosen_neighbour"],
+                sel["chosen_refined"],
+                sel["fell_back"]
+            );
+            if let Some(c) = v.get("rank_check") {
+                println!(
+                    "rank check     Spearman rho(render match, volume IoU) over candidates: {} mean per query ({} queries with >= 3 valid candidates), {} pooled",
+                    fmt_opt(c["rho_mean_per_query"]["score"].as_f64()),
+                    c["queries"],
+                    fmt_opt(c["rho_pooled"]["score"].as_f64())
+                );
+                println!(
+                    "               per cue (mean per query): encoder {}, mask {}, edges {}; chosen IoU {} vs candidates' mean {} vs best {}",
+                    fmt_opt(c["rho_mean_per_query"]["encoder"].as_f64()),
+                    fmt_opt(c["rho_mean_per_query"]["mask"].as_f64()),
+                    fmt_opt(c["rho_mean_per_query"]["edge"].as_f64()),
+                    fmt_opt(c["iou_chosen"].as_f64()),
+                    fmt_opt(c["iou_candidate_mean"].as_f64()),
+                    fmt_opt(c["iou_oracle"].as_f64())
+                );
+            }
         } else {
             println!(
                 "finished       {} of {} (ended by the model, not the token budget)",
@@ -690,6 +947,60 @@ fn print_eval(
             );
         }
     }
+}
+
+/// `--rank-check`: every valid candidate of every query scored against the ground truth
+/// (volume IoU), for [`RankCheck`].
+async fn rank_check(
+    pool: &std::sync::Arc<evaluator::WorkerPool>,
+    run: &ModeRun,
+) -> Result<RankCheck> {
+    let mut jobs = Vec::new();
+    for (q, sel) in run.selections.iter().enumerate() {
+        let Some(sel) = sel else { continue };
+        for (c, cand) in sel.candidates.iter().enumerate() {
+            if let Some(fit) = cand.fit {
+                let input = PairInput {
+                    id: format!("{q}/{c}"),
+                    gt: run.inputs[q].gt.clone(),
+                    pred: Some(CodeText::Utf8(cand.code.clone())),
+                };
+                let pool = pool.clone();
+                jobs.push((
+                    q,
+                    c == sel.chosen.unwrap_or(usize::MAX),
+                    fit,
+                    tokio::spawn(async move {
+                        score_pair(
+                            &pool,
+                            input,
+                            Protocols {
+                                shell: false,
+                                volume: true,
+                            },
+                        )
+                        .await
+                    }),
+                ));
+            }
+        }
+    }
+    let bar = progress_bar(jobs.len() as u64);
+    bar.set_message(format!("{}: scoring every candidate", run.mode.as_str()));
+    let mut per_query: Vec<Vec<ScoredCandidate>> = vec![Vec::new(); run.selections.len()];
+    for (q, chosen, fit, h) in jobs {
+        let item = h.await?;
+        bar.inc(1);
+        if let (true, Some(volume_iou)) = (item.gt_ok, item.volume_iou) {
+            per_query[q].push(ScoredCandidate {
+                fit,
+                volume_iou,
+                chosen,
+            });
+        }
+    }
+    bar.finish_and_clear();
+    Ok(RankCheck::of(&per_query))
 }
 
 /// `--report`: the page for this evaluation (what was run, on what, and the results).
@@ -846,4 +1157,112 @@ mod tests {
         assert_eq!(code_key(a), code_key(b));
         assert_ne!(code_key(a), code_key(c));
     }
+}
+
+#[derive(Args)]
+pub struct BenchSelectArgs {
+    /// Corpus folder holding the queries.
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Split whose rows are the queries.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Index folder.
+    #[arg(long)]
+    index: PathBuf,
+    /// Generator checkpoint (without it, the candidates are retrieved snippets only).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Queries to answer.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Refine the chosen candidate too.
+    #[arg(long)]
+    refine: bool,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+/// `rag bench select`: answers the first `--limit` queries of a split by execution-guided
+/// selection, one after another, and prints candidates executed per second (sandbox, render
+/// and match included) and end-to-end seconds per image (embedding to chosen code).
+pub async fn bench_select(args: BenchSelectArgs) -> Result<ExitCode> {
+    let split: Split = args.split.parse()?;
+    let retriever = load_retriever(&args.index, None)?;
+    let generator = match &args.model {
+        Some(m) => Some(args.decode.load(m, &retriever)?),
+        None => None,
+    };
+    let pool = start_pool(&args.pool).await?;
+    let opts = args.select.options(&args.decode, args.refine);
+    let reader = CorpusReader::open(&args.corpus)?;
+    let total = args.limit.min(reader.num_rows(split));
+    if total == 0 {
+        bail!("{}: split {split} has no rows", args.corpus.display());
+    }
+    let bar = progress_bar(total as u64);
+    bar.set_message("answering by selection");
+    let (mut executed, mut check_seconds, mut decode_seconds) = (0usize, 0.0, 0.0);
+    let mut per_image = Vec::with_capacity(total);
+    for row in reader.rows(split).take(total) {
+        let row = row?;
+        let t = Instant::now();
+        let image = row.decode_image()?;
+        let vector = retriever.encoder().encode(&image)?;
+        let (_, sel) = select_answer(
+            &retriever,
+            generator.as_ref(),
+            &pool,
+            &image,
+            &vector,
+            0.0,
+            &opts,
+        )
+        .await?;
+        per_image.push(t.elapsed().as_secs_f64());
+        executed += sel.executed;
+        check_seconds += sel.check_seconds;
+        decode_seconds += sel.decode_seconds;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut sorted = per_image.clone();
+    sorted.sort_by(f64::total_cmp);
+    let n = total as f64;
+    println!(
+        "bench select: {total} queries of {} {split}, {} workers, model {}, {} samples, {} snippets{}",
+        args.corpus.display(),
+        pool.size(),
+        args.model
+            .as_ref()
+            .map_or_else(|| "none".into(), |m| m.display().to_string()),
+        if generator.is_some() { opts.samples } else { 0 },
+        opts.neighbours,
+        if args.refine {
+            format!(", refine budget {}", args.select.refine_budget)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  candidates executed   {executed} ({:.1} per image)",
+        executed as f64 / n
+    );
+    println!(
+        "  executed per second   {:.2} (sandbox + render + match, {} workers in parallel)",
+        executed as f64 / check_seconds.max(1e-9),
+        pool.size()
+    );
+    println!(
+        "  seconds per image     mean {:.3}, p50 {}, p95 {} (decoding {:.3} s of the mean)",
+        per_image.iter().sum::<f64>() / n,
+        fmt_opt(percentile(&sorted, 50.0)),
+        fmt_opt(percentile(&sorted, 95.0)),
+        decode_seconds / n
+    );
+    Ok(ExitCode::SUCCESS)
 }

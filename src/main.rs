@@ -173,6 +173,8 @@ enum BenchWhat {
     },
     /// HNSW recall and latency vs exact search, index build throughput, load time, memory.
     Index(retrieval::BenchIndexArgs),
+    /// Execution-guided selection: candidates executed per second, seconds per image.
+    Select(generation::BenchSelectArgs),
     /// Valid samples per second of `dataset synth`.
     Synth {
         /// Valid samples to produce.
@@ -602,6 +604,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             what: BenchWhat::Index(args),
         } => retrieval::bench_index(args).await,
+        Command::Bench {
+            what: BenchWhat::Select(args),
+        } => generation::bench_select(args).await,
         Command::Demo { out } => demo(out).await,
     }
 }

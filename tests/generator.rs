@@ -319,6 +319,62 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
     }
     assert!(items.lines().all(|l| l.contains("\"mode\"")));
 
+    // Best-of-N with the model: its greedy output and 2 samples join the snippets; every
+    // answer runs, and each query executed at least the model's 3 programs (duplicates
+    // merged) plus the distinct snippets.
+    let sel_items = tmp.path().join("select.jsonl");
+    let r = ok_json(&rag(&[
+        "eval",
+        "--corpus",
+        s(&corpus),
+        "--split",
+        "test",
+        "--index",
+        s(&index),
+        "--mode",
+        "rerank",
+        "--model",
+        s(&straight),
+        "--limit",
+        "3",
+        "--max-tokens",
+        "200",
+        "--samples",
+        "2",
+        "--candidates",
+        "2",
+        "--per-item",
+        s(&sel_items),
+        "--json",
+    ]));
+    assert_eq!(r["vsr"], 1.0, "{r}");
+    assert_eq!(r["selection"]["options"]["samples"], 2, "{r}");
+    for line in std::fs::read_to_string(&sel_items).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let cands = v["selection"]["candidates"].as_array().unwrap();
+        let sources: usize = cands
+            .iter()
+            .map(|c| 1 + c["also"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(sources, 1 + 2 + 2, "greedy, 2 samples, 2 snippets: {v}");
+        assert!(cands.iter().any(|c| c["source"]["kind"] == "greedy"), "{v}");
+    }
+    let g = rag(&[
+        "generate",
+        s(&query),
+        "--index",
+        s(&index),
+        "--model",
+        s(&straight),
+        "--samples",
+        "2",
+        "--max-tokens",
+        "200",
+        "--explain",
+    ]);
+    assert!(g.status.success(), "{}", stderr(&g));
+    assert!(stderr(&g).contains("sample (seed 1)"), "{}", stderr(&g));
+
     // Errors: no model for a model mode, another architecture, another encoder's index,
     // another tokenizer, another configuration's weights, an unreadable image.
     fails_with(

@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod pyfloat;
 pub mod reference;
 pub mod render;
+pub mod render_match;
 pub mod report;
 pub mod score;
 pub mod shell;
