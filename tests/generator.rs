@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{
-    check_report, fails_with, file, interrupt_once_written, ok_json, rag, s, stderr, synth_corpus,
+    check_report, fails_with, file, interrupt_once_written, ok_json, pixel_index, rag, s, stderr,
+    synth_corpus,
 };
 use generator::compact::{compact, inflate};
 use generator::grammar::parses;
@@ -106,17 +107,7 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
     assert!(volume[volume.len() / 2] > 0.999, "{volume:?}");
 
     let index = tmp.path().join("index");
-    ok_json(&rag(&[
-        "index",
-        "build",
-        "--corpus",
-        s(&corpus),
-        "--encoder",
-        "pixel",
-        "--out",
-        s(&index),
-        "--json",
-    ]));
+    ok_json(&pixel_index(&corpus, &index, &["--json"]));
 
     // A straight run: every checkpoint file, curves, and a falling loss.
     let straight = tmp.path().join("straight");

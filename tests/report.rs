@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check_report, fails_with, rag, s, stderr, synth_corpus};
+use common::{check_report, fails_with, pixel_index, rag, s, stderr, synth_corpus};
 
 #[test]
 fn eval_report_opens_in_chromium_with_every_image() {
@@ -15,16 +15,7 @@ fn eval_report_opens_in_chromium_with_every_image() {
         tmp.path().join("report"),
     );
     synth_corpus(&corpus, "24", "5", "0.0", "0.25");
-    let o = rag(&[
-        "index",
-        "build",
-        "--corpus",
-        s(&corpus),
-        "--encoder",
-        "pixel",
-        "--out",
-        s(&index),
-    ]);
+    let o = pixel_index(&corpus, &index, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let eval = |report: &std::path::Path| {
         rag(&[

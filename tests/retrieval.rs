@@ -4,27 +4,11 @@
 
 mod common;
 
-use common::{fails_with, ok_json, rag, s, stderr, synth_corpus};
+use common::{fails_with, ok_json, pixel_index, rag, s, stderr, synth_corpus};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use indexer::corpus::{CorpusReader, Split};
-
-/// `rag index build` of a corpus's train split with the pixel encoder, plus `extra` flags.
-fn pixel_index(corpus: &Path, index: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "index",
-        "build",
-        "--corpus",
-        s(corpus),
-        "--encoder",
-        "pixel",
-        "--out",
-        s(index),
-    ];
-    args.extend_from_slice(extra);
-    rag(&args)
-}
 
 /// (id, code, png bytes) of a split's rows.
 fn split_rows(dir: &Path, split: Split) -> Vec<(String, String, Vec<u8>)> {

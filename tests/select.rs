@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fails_with, ok_json, rag, s, stderr, synth_corpus};
+use common::{fails_with, ok_json, pixel_index, rag, s, stderr, synth_corpus};
 use std::path::Path;
 
 use indexer::corpus::{CorpusReader, Split};
@@ -13,16 +13,7 @@ use indexer::corpus::{CorpusReader, Split};
 fn setup(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let (corpus, index) = (tmp.join("corpus"), tmp.join("index"));
     synth_corpus(&corpus, "40", "9", "0.0", "0.2");
-    let o = rag(&[
-        "index",
-        "build",
-        "--corpus",
-        s(&corpus),
-        "--encoder",
-        "pixel",
-        "--out",
-        s(&index),
-    ]);
+    let o = pixel_index(&corpus, &index, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let query = tmp.join("query.png");
     let row = CorpusReader::open(&corpus)
@@ -95,6 +86,10 @@ fn selection_reranks_refines_falls_back_and_correlates() {
         s(&index),
         "--mode",
         "retrieval,rerank,refine",
+        "--limit",
+        "4",
+        "--candidates",
+        "3",
         "--refine-budget",
         "6",
         "--rank-check",

@@ -43,9 +43,47 @@ pub fn repr(x: f64) -> String {
     }
 }
 
+/// Length of the unsigned float literal at `b[from..]` as Python reads it: digits, an optional
+/// `.` with digits, and an exponent only when it has digits (`1e` stops before the `e`).
+pub fn literal_len(b: &[u8], from: usize) -> usize {
+    let digits = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    };
+    let mut i = digits(from);
+    if i < b.len() && b[i] == b'.' {
+        i = digits(i + 1);
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        let mut j = i + 1;
+        if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+            j += 1;
+        }
+        let end = digits(j);
+        if end > j {
+            i = end;
+        }
+    }
+    i - from
+}
+
 #[cfg(test)]
 mod tests {
-    use super::repr;
+    use super::{literal_len, repr};
+
+    #[test]
+    fn literal_lengths_follow_python() {
+        let len = |s: &str| literal_len(s.as_bytes(), 0);
+        assert_eq!(len("1.5e-05)"), 7);
+        assert_eq!(len("2.,"), 2);
+        assert_eq!(len(".25 "), 3);
+        assert_eq!(len("1e)"), 1);
+        assert_eq!(len("3E+2x"), 4);
+        assert_eq!(len("x"), 0);
+        assert_eq!(literal_len(b"(0.75)", 1), 4);
+    }
 
     #[test]
     fn matches_cpython() {

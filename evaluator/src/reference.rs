@@ -86,37 +86,11 @@ pub fn scale_extrudes(code: &str, factor: f64) -> String {
 /// Length of the prefix matching `-?\d+(\.\d*)?([eE][-+]?\d+)?`.
 fn number_prefix_len(s: &str) -> usize {
     let b = s.as_bytes();
-    let mut i = 0;
-    if b.first() == Some(&b'-') {
-        i += 1;
-    }
-    let digits_from = i;
-    while i < b.len() && b[i].is_ascii_digit() {
-        i += 1;
-    }
-    if i == digits_from {
+    let sign = usize::from(b.first() == Some(&b'-'));
+    if !b.get(sign).is_some_and(u8::is_ascii_digit) {
         return 0;
     }
-    if i < b.len() && b[i] == b'.' {
-        i += 1;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-    }
-    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
-        let mut j = i + 1;
-        if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
-            j += 1;
-        }
-        let exp_from = j;
-        while j < b.len() && b[j].is_ascii_digit() {
-            j += 1;
-        }
-        if j > exp_from {
-            i = j;
-        }
-    }
-    i
+    sign + crate::pyfloat::literal_len(b, sign)
 }
 
 /// The 44 reference pairs with their codes.

@@ -707,27 +707,7 @@ fn tokenize(code: &str) -> Result<(Vec<Token>, Vec<RawNum>), ParamError> {
                     }
                 }
                 let num_start = i;
-                while i < b.len() && b[i].is_ascii_digit() {
-                    i += 1;
-                }
-                if i < b.len() && b[i] == b'.' {
-                    i += 1;
-                    while i < b.len() && b[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                }
-                if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
-                    let mut j = i + 1;
-                    if j < b.len() && (b[j] == b'-' || b[j] == b'+') {
-                        j += 1;
-                    }
-                    if j < b.len() && b[j].is_ascii_digit() {
-                        while j < b.len() && b[j].is_ascii_digit() {
-                            j += 1;
-                        }
-                        i = j;
-                    }
-                }
+                i += evaluator::pyfloat::literal_len(b, i);
                 if i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
                     return Err(syntax(code, start, "malformed number"));
                 }

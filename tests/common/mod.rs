@@ -183,3 +183,19 @@ pub fn check_report(dir: &Path, modes: &[&str]) -> usize {
     );
     images
 }
+
+/// `rag index build` of a corpus's train split with the pixel encoder, plus `extra` flags.
+pub fn pixel_index(corpus: &Path, index: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "index",
+        "build",
+        "--corpus",
+        s(corpus),
+        "--encoder",
+        "pixel",
+        "--out",
+        s(index),
+    ];
+    args.extend_from_slice(extra);
+    rag(&args)
+}
