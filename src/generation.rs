@@ -5,12 +5,13 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use evaluator::score::score_pair;
-use evaluator::{CodeText, PairInput, Protocols, Summary};
+use evaluator::{CodeText, PairInput, Protocols, Summary, WorkerPool};
 use generator::fallback::{first_that_runs, CodeSource};
 use generator::select::{
     self, select, RankCheck, RefineOptions, RenderJudge, ScoredCandidate, SelectOptions, Selection,
@@ -134,11 +135,14 @@ pub struct GenerateArgs {
 pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let retriever = load_retriever(&args.index, None)?;
     let selecting = args.select.samples.is_some() || args.refine || args.explain;
+    // One sandbox pool for every step that runs code, started by the first that needs it.
+    let mut pool: Option<Arc<WorkerPool>> = None;
     let code = if selecting {
         if args.retrieval_only {
             bail!("--samples selects among generated candidates; leave out --retrieval-only");
         }
-        generate_by_selection(&args, &retriever).await?
+        let pool = pool_of(&mut pool, None).await?;
+        generate_by_selection(&args, &retriever, &pool).await?
     } else if args.retrieval_only {
         let set = retriever.search_path(&args.image, 1, &args.require)?;
         let Some(best) = set.neighbours.first() else {
@@ -192,11 +196,7 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
         if args.unchecked {
             a.code
         } else {
-            let pool = start_pool(&PoolArgs {
-                workers: Some(1),
-                ..PoolArgs::default()
-            })
-            .await?;
+            let pool = pool_of(&mut pool, Some(1)).await?;
             let checked = first_that_runs(&pool, &a).await;
             for r in &checked.rejected {
                 eprintln!(
@@ -224,14 +224,36 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
         None => print!("{code}"),
     }
     if args.render.is_some() || args.side_by_side.is_some() {
-        write_pictures(&args, &code).await?;
+        let pool = pool_of(&mut pool, Some(1)).await?;
+        write_pictures(&args, &code, &pool).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The pool in `slot`, started (with `workers`, default: one per core) if there is none yet.
+async fn pool_of(
+    slot: &mut Option<Arc<WorkerPool>>,
+    workers: Option<usize>,
+) -> Result<Arc<WorkerPool>> {
+    if let Some(p) = slot {
+        return Ok(p.clone());
+    }
+    let p = start_pool(&PoolArgs {
+        workers,
+        ..PoolArgs::default()
+    })
+    .await?;
+    *slot = Some(p.clone());
+    Ok(p)
+}
+
 /// `generate --samples/--refine/--explain`: execution-guided selection for one image, with
 /// the candidates explained on stderr when asked.
-async fn generate_by_selection(args: &GenerateArgs, retriever: &Retriever) -> Result<String> {
+async fn generate_by_selection(
+    args: &GenerateArgs,
+    retriever: &Retriever,
+    pool: &Arc<WorkerPool>,
+) -> Result<String> {
     let generator = match &args.model {
         Some(m) => Some(args.decode.load(m, retriever)?),
         None => {
@@ -243,12 +265,11 @@ async fn generate_by_selection(args: &GenerateArgs, retriever: &Retriever) -> Re
     let t = Instant::now();
     let vector = retriever.encoder().encode(&image)?;
     let embed = t.elapsed().as_secs_f64();
-    let pool = start_pool(&PoolArgs::default()).await?;
     let opts = args.select.options(&args.decode, args.refine);
     let (answer, sel) = select_answer(
         retriever,
         generator.as_ref(),
-        &pool,
+        pool,
         &image,
         &vector,
         embed,
@@ -280,12 +301,7 @@ async fn generate_by_selection(args: &GenerateArgs, retriever: &Retriever) -> Re
 
 /// `--render` / `--side-by-side`: the answer's solid rendered in the dataset's style, alone
 /// and next to the query.
-async fn write_pictures(args: &GenerateArgs, code: &str) -> Result<()> {
-    let pool = start_pool(&PoolArgs {
-        workers: Some(1),
-        ..PoolArgs::default()
-    })
-    .await?;
+async fn write_pictures(args: &GenerateArgs, code: &str, pool: &WorkerPool) -> Result<()> {
     let render = pool
         .render(code, 448)
         .await
@@ -399,7 +415,7 @@ impl SelectArgs {
 async fn select_answer(
     retriever: &Retriever,
     generator: Option<&Generator>,
-    pool: &std::sync::Arc<evaluator::WorkerPool>,
+    pool: &Arc<WorkerPool>,
     image: &image::RgbImage,
     vector: &[f32],
     embed_seconds: f64,
@@ -593,8 +609,17 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
         .collect();
     // The selection modes execute candidates while answering; scoring uses the same pool.
     let pool = start_pool(&args.pool).await?;
-    let sopts_rerank = args.select.options(&args.decode, false);
-    let sopts_refine = args.select.options(&args.decode, true);
+    let (rerank_opts, refine_opts) = (
+        args.select.options(&args.decode, false),
+        args.select.options(&args.decode, true),
+    );
+    let select_opts = |m: EvalMode| {
+        if m == EvalMode::Refine {
+            &refine_opts
+        } else {
+            &rerank_opts
+        }
+    };
     let mut queries: Vec<Option<Vec<u8>>> = Vec::new();
     let mut with_match = 0usize;
     let mut hits = [0usize; 3];
@@ -638,11 +663,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                         .map_err(|e| e.to_string())
                 }
                 (Ok((v, embed)), Ok(img), None) => {
-                    let sopts = if run.mode == EvalMode::Refine {
-                        &sopts_refine
-                    } else {
-                        &sopts_rerank
-                    };
+                    let sopts = select_opts(run.mode);
                     select_answer(&retriever, generator.as_ref(), &pool, img, v, *embed, sopts)
                         .await
                         .map(|(a, s)| {
@@ -781,10 +802,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             v["model"] = args.model.as_ref().map(|m| m.display().to_string()).into();
             let done: Vec<&Selection> = run.selections.iter().flatten().collect();
             v["selection"] = serde_json::to_value(SelectionStats::of(&done))?;
-            v["selection"]["options"] = serde_json::to_value(
-                args.select
-                    .options(&args.decode, run.mode == EvalMode::Refine),
-            )?;
+            v["selection"]["options"] = serde_json::to_value(select_opts(run.mode))?;
             if let Some(c) = check {
                 v["rank_check"] = serde_json::to_value(c)?;
             }
@@ -951,10 +969,7 @@ fn print_eval(
 
 /// `--rank-check`: every valid candidate of every query scored against the ground truth
 /// (volume IoU), for [`RankCheck`].
-async fn rank_check(
-    pool: &std::sync::Arc<evaluator::WorkerPool>,
-    run: &ModeRun,
-) -> Result<RankCheck> {
+async fn rank_check(pool: &Arc<WorkerPool>, run: &ModeRun) -> Result<RankCheck> {
     let mut jobs = Vec::new();
     for (q, sel) in run.selections.iter().enumerate() {
         let Some(sel) = sel else { continue };
@@ -1007,7 +1022,7 @@ async fn rank_check(
 async fn write_report(
     args: &EvalArgs,
     retriever: &Retriever,
-    pool: &std::sync::Arc<evaluator::WorkerPool>,
+    pool: &Arc<WorkerPool>,
     queries: &[Option<Vec<u8>>],
     runs: &[ModeRun],
     items: &[Vec<evaluator::ItemScore>],
@@ -1079,10 +1094,7 @@ async fn write_report(
 /// `--fallback`: every pending answer of `run` is checked in the sandbox (in parallel); the
 /// first candidate that runs becomes the prediction, its origin goes into the per-item note,
 /// and the checking time into the query's latency.
-async fn check_in_sandbox(
-    pool: &std::sync::Arc<evaluator::WorkerPool>,
-    run: &mut ModeRun,
-) -> Result<()> {
+async fn check_in_sandbox(pool: &Arc<WorkerPool>, run: &mut ModeRun) -> Result<()> {
     let bar = progress_bar(run.pending.len() as u64);
     bar.set_message(format!(
         "{}: running the answers in the sandbox",

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use evaluator::render::render_part;
+use evaluator::render::CodeRenderError;
 use evaluator::render_match::{compare, RenderMatch};
-use evaluator::{Status, Wants, WorkerPool};
+use evaluator::WorkerPool;
 use image::RgbImage;
 use retriever::{Neighbour, Retriever};
 use serde::Serialize;
@@ -236,7 +236,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 pub struct RenderJudge<'a> {
     pool: Arc<WorkerPool>,
     retriever: &'a Retriever,
-    query: RgbImage,
+    query: Arc<RgbImage>,
     query_vector: Vec<f32>,
     /// Programs executed so far.
     pub executed: usize,
@@ -258,7 +258,7 @@ impl<'a> RenderJudge<'a> {
         RenderJudge {
             pool,
             retriever,
-            query: query_at_render_size(query),
+            query: Arc::new(query_at_render_size(query)),
             query_vector,
             executed: 0,
             seconds: 0.0,
@@ -268,24 +268,24 @@ impl<'a> RenderJudge<'a> {
     /// Judges `codes` in parallel, results in input order.
     pub async fn judge(&mut self, codes: &[String]) -> Result<Vec<Judged>, GeneratorError> {
         let t = Instant::now();
-        let query = Arc::new(self.query.clone());
         let mut handles = Vec::with_capacity(codes.len());
         for code in codes {
-            let (pool, code, query) = (self.pool.clone(), code.clone(), query.clone());
+            let (pool, code, query) = (self.pool.clone(), code.clone(), self.query.clone());
             handles.push(tokio::spawn(async move {
-                let exec = pool.exec(&code, Wants::RENDER).await;
-                if exec.status != Status::Ok {
-                    return (exec.status.as_str().to_string(), exec.message, None);
-                }
-                let (Some(mesh), Some(edges)) = (exec.mesh, exec.edges) else {
-                    return ("ok".into(), "the worker returned no mesh".into(), None);
-                };
-                match render_part(&mesh, &edges, RENDER_SIZE) {
+                match pool.render(&code, RENDER_SIZE).await {
                     Ok(img) => match compare(&query, &img) {
                         Ok(m) => ("ok".into(), String::new(), Some((img, m))),
                         Err(e) => ("ok".into(), e.to_string(), None),
                     },
-                    Err(e) => ("ok".into(), format!("not rendered: {e}"), None),
+                    Err(CodeRenderError::NotASolid { status, message }) => {
+                        (status.to_string(), message, None)
+                    }
+                    Err(CodeRenderError::NoMesh) => {
+                        ("ok".into(), "the worker returned no mesh".into(), None)
+                    }
+                    Err(CodeRenderError::Render(e)) => {
+                        ("ok".into(), format!("not rendered: {e}"), None)
+                    }
                 }
             }));
         }
