@@ -199,6 +199,7 @@ async fn train_clip_cmd(a: TrainClipArgs) -> Result<ExitCode> {
 #[derive(Clone, Copy, ValueEnum)]
 enum ArchArg {
     Gpt2,
+    Codet5,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -219,14 +220,16 @@ pub struct TrainGeneratorArgs {
     /// Checkpoint folder to create or resume.
     #[arg(long)]
     out: PathBuf,
-    /// Language model architecture.
+    /// Language model: gpt2 (decoder-only) or codet5 (T5 encoder-decoder).
     #[arg(long, value_enum, default_value_t = ArchArg::Gpt2)]
     arch: ArchArg,
-    /// Model size: tiny (tests, demo), small (CPU default), base (GPT-2 small's shape, GPU).
+    /// Model size: tiny (tests, demo), small (CPU default), base (GPT-2 small's or codet5-small's
+    /// shape, GPU).
     #[arg(long = "config", value_enum, default_value_t = GenSizeArg::Small)]
     size: GenSizeArg,
-    /// A Hugging Face GPT-2 folder (config.json, model.safetensors, tokenizer.json) that
-    /// starts the run: its shape and tokenizer replace --config and --vocab.
+    /// A Hugging Face folder of --arch (config.json, model.safetensors, tokenizer.json; e.g.
+    /// gpt2 or Salesforce/codet5-small) that starts the run: its shape and tokenizer replace
+    /// --config and --vocab.
     #[arg(long)]
     init: Option<PathBuf>,
     /// Neighbours in each prompt.
@@ -296,6 +299,7 @@ async fn train_generator_cmd(a: TrainGeneratorArgs) -> Result<ExitCode> {
         settings: GenTrainSettings {
             arch: match a.arch {
                 ArchArg::Gpt2 => Arch::Gpt2,
+                ArchArg::Codet5 => Arch::Codet5,
             },
             size: match a.size {
                 GenSizeArg::Tiny => GenSize::Tiny,

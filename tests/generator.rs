@@ -457,3 +457,105 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
         "no index here",
     );
 }
+
+#[test]
+fn codet5_trains_resumes_generates_and_evals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    synth_corpus(&corpus, "40", "23", "0.15", "0.15");
+    let index = tmp.path().join("index");
+    ok_json(&pixel_index(&corpus, &index, &["--json"]));
+    let t5_args = |out: &Path| {
+        let mut a = train_args(&corpus, &index, out, "4");
+        a.extend(["--arch", "codet5"]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |args: &[String]| {
+        let refs: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+        rag(&refs)
+    };
+
+    // A straight run and a stopped-and-resumed one end with the same weights, bit for bit.
+    let straight = tmp.path().join("straight");
+    let report = ok_json(&run(&t5_args(&straight)));
+    let curve = report["state"]["loss_curve"].as_array().unwrap().clone();
+    assert!(
+        curve.last().unwrap()[1].as_f64() < curve.first().unwrap()[1].as_f64(),
+        "{curve:?}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&file(&straight, "config.json")).unwrap();
+    assert_eq!(config["model_type"], "t5");
+    assert_eq!(config["num_decoder_layers"], 2);
+    let generator: serde_json::Value =
+        serde_json::from_slice(&file(&straight, "generator.json")).unwrap();
+    assert_eq!(generator["arch"], "codet5");
+    let split = tmp.path().join("split");
+    let mut part = t5_args(&split);
+    part.extend(["--max-steps".to_string(), "2".to_string()]);
+    assert_eq!(ok_json(&run(&part))["state"]["step"], 2);
+    assert_eq!(ok_json(&run(&t5_args(&split)))["resumed_from"], 2);
+    assert!(
+        file(&split, "model.safetensors") == file(&straight, "model.safetensors"),
+        "weights differ after a resume"
+    );
+    // The same folder under the other architecture is another run.
+    fails_with(
+        &rag(&train_args(&corpus, &index, &split, "4")),
+        "other settings",
+    );
+
+    // generate (greedy and beam) and eval in the model modes.
+    let row = CorpusReader::open(&corpus)
+        .unwrap()
+        .rows(Split::Test)
+        .next()
+        .unwrap()
+        .unwrap();
+    let query = tmp.path().join("query.png");
+    std::fs::write(&query, &row.image_png).unwrap();
+    for extra in [&[][..], &["--beam", "2"]] {
+        let out = tmp.path().join("gen.py");
+        let mut args = vec![
+            "generate",
+            s(&query),
+            "--index",
+            s(&index),
+            "--model",
+            s(&straight),
+            "--max-tokens",
+            "150",
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        let g = rag(&args);
+        assert!(g.status.success(), "{extra:?}: {}", stderr(&g));
+        let code = std::fs::read_to_string(&out).unwrap();
+        assert!(code.starts_with("import cadquery as cq\n"), "{code}");
+    }
+    let e = ok_json(&rag(&[
+        "eval",
+        "--corpus",
+        s(&corpus),
+        "--split",
+        "test",
+        "--index",
+        s(&index),
+        "--mode",
+        "generator,rag",
+        "--model",
+        s(&straight),
+        "--limit",
+        "2",
+        "--max-tokens",
+        "150",
+        "--json",
+    ]));
+    let modes = e["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 2);
+    for m in modes {
+        assert_eq!(m["n"], 2, "{m}");
+        assert!(m["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{m}");
+    }
+}

@@ -1,5 +1,6 @@
-//! Decoding: greedy, beam search and top-p sampling over the KV-cached model, optionally
-//! constrained by the dialect grammar ([`crate::grammar`]) so every finished output parses.
+//! Decoding: greedy, beam search and top-p sampling over the cached model (GPT-2 or
+//! CodeT5), optionally constrained by the dialect grammar ([`crate::grammar`]) so every finished
+//! output parses.
 
 use std::time::Instant;
 
@@ -8,8 +9,8 @@ use indexer::synth::rng::Rng;
 use serde::Serialize;
 
 use crate::compact::{compact, inflate};
-use crate::gpt2::KvCache;
 use crate::grammar::DialectState;
+use crate::model::DecodeCache;
 use crate::model::Generator;
 use crate::prompt::context_ids;
 use crate::GeneratorError;
@@ -166,16 +167,14 @@ impl Generator {
             .collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<&[u32]> = neighbour_ids.iter().map(|v| v.as_slice()).collect();
         let context = context_ids(tok, &refs, &cfg.layout);
-        let positions = self.model.gpt().config().n_positions;
-        let budget = opts
-            .max_tokens
-            .min(cfg.layout.max_target_tokens + 1)
-            .min(positions.saturating_sub(cfg.prefix_len + context.len()));
+        let mut budget = opts.max_tokens.min(cfg.layout.max_target_tokens + 1);
+        if let Some(positions) = self.model.lm_config().max_positions() {
+            budget = budget.min(positions.saturating_sub(cfg.prefix_len + context.len()));
+        }
         let err = |e| GeneratorError::candle("decoding", e);
         let images = Tensor::from_slice(image, (1, image.len()), &self.device).map_err(err)?;
         let ids = Tensor::from_slice(&context, (1, context.len()), &self.device).map_err(err)?;
-        let mut cache = KvCache::default();
-        let first = self.model.start(&images, &ids, &mut cache).map_err(err)?;
+        let (first, cache) = self.model.start(&images, &ids).map_err(err)?;
         let (ids, finished, log_prob) = match opts.strategy {
             Strategy::Beam { width } if width > 1 => {
                 self.beam(first, cache, width, budget, opts.constrained)?
@@ -208,7 +207,7 @@ impl Generator {
     fn single(
         &self,
         first: Tensor,
-        mut cache: KvCache,
+        mut cache: DecodeCache,
         strategy: Strategy,
         budget: usize,
         constrained: bool,
@@ -254,7 +253,7 @@ impl Generator {
     fn beam(
         &self,
         first: Tensor,
-        cache: KvCache,
+        cache: DecodeCache,
         width: usize,
         budget: usize,
         constrained: bool,

@@ -1,6 +1,6 @@
-//! The generator: a GPT-2 (our candle implementation, Hugging Face weight names) that reads the
-//! query image (a prefix made from its encoder vector) and the k retrieved neighbours' code,
-//! and writes the part's CadQuery code in compact form ([`compact`]). Training
+//! The generator: a GPT-2 or a CodeT5 (our candle implementations, Hugging Face weight names)
+//! that reads the query image (a prefix made from its encoder vector) and the k retrieved
+//! neighbours' code, and writes the part's CadQuery code in compact form ([`compact`]). Training
 //! ([`train::train_generator`]) and decoding ([`decode`]) live here; the `rag` binary only
 //! wires them to the command line.
 

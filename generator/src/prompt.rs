@@ -94,6 +94,69 @@ pub fn batch(sequences: &[(Vec<u32>, usize)], prefix_len: usize, pad: u32) -> Tr
     }
 }
 
+/// A padded encoder-decoder batch (CodeT5): the encoder reads the image prefix and the context
+/// (neighbours and `<|code|>`), the decoder reads `<|code|>` + target and predicts target + end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seq2SeqBatch {
+    /// Rows.
+    pub batch: usize,
+    /// Context ids, row-major [batch, context_len], padded.
+    pub context: Vec<u32>,
+    /// Padded context length (the image prefix not included).
+    pub context_len: usize,
+    /// Encoder key mask [batch, prefix + context_len]: 1 for the prefix and real ids, 0 for padding.
+    pub context_mask: Vec<u8>,
+    /// Decoder input ids, row-major [batch, target_len], padded.
+    pub decoder: Vec<u32>,
+    /// Padded decoder length.
+    pub target_len: usize,
+    /// Flat decoder positions (into [batch * target_len]) that predict a target token.
+    pub positions: Vec<u32>,
+    /// The tokens they predict.
+    pub labels: Vec<u32>,
+}
+
+/// Splits `sequences` (ids, context length >= 1, as [`training_ids`] makes them) into an
+/// encoder-decoder batch behind a prefix of `prefix_len`: the decoder's first input is the
+/// context's last id (`<|code|>`), so it predicts exactly what GPT-2 predicts after it.
+pub fn seq2seq_batch(sequences: &[(Vec<u32>, usize)], prefix_len: usize, pad: u32) -> Seq2SeqBatch {
+    let context_len = sequences.iter().map(|s| s.1).max().unwrap_or(0);
+    let target_len = sequences
+        .iter()
+        .map(|(seq, c)| seq.len() - c)
+        .max()
+        .unwrap_or(0);
+    let mut out = Seq2SeqBatch {
+        batch: sequences.len(),
+        context: Vec::with_capacity(sequences.len() * context_len),
+        context_len,
+        context_mask: Vec::new(),
+        decoder: Vec::with_capacity(sequences.len() * target_len),
+        target_len,
+        positions: Vec::new(),
+        labels: Vec::new(),
+    };
+    for (b, (seq, context)) in sequences.iter().enumerate() {
+        let c = (*context).clamp(1, seq.len());
+        out.context.extend_from_slice(&seq[..c]);
+        out.context
+            .extend(std::iter::repeat_n(pad, context_len - c));
+        out.context_mask
+            .extend(std::iter::repeat_n(1u8, prefix_len + c));
+        out.context_mask
+            .extend(std::iter::repeat_n(0u8, context_len - c));
+        let targets = &seq[c..];
+        out.decoder.extend_from_slice(&seq[c - 1..seq.len() - 1]);
+        out.decoder
+            .extend(std::iter::repeat_n(pad, target_len - targets.len()));
+        for (t, &label) in targets.iter().enumerate() {
+            out.positions.push((b * target_len + t) as u32);
+            out.labels.push(label);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +198,20 @@ mod tests {
         // Row 0: ids 2..5 predicted from positions 4+1..4+4; row 1 starts at 9.
         assert_eq!(b.positions, vec![5, 6, 7, 9 + 4, 9 + 5]);
         assert_eq!(b.labels, vec![1, 2, 99, 3, 99]);
+    }
+
+    #[test]
+    fn seq2seq_batch_feeds_the_decoder_the_code_marker_and_predicts_the_same_tokens() {
+        // Context [50, 60 | 7 = <|code|>], target [1, 2], end 99; second row context [7].
+        let seqs = vec![(vec![50, 60, 7, 1, 2, 99], 3), (vec![7, 3, 99], 1)];
+        let b = seq2seq_batch(&seqs, 2, 0);
+        assert_eq!((b.batch, b.context_len, b.target_len), (2, 3, 3));
+        assert_eq!(b.context, vec![50, 60, 7, 7, 0, 0]);
+        assert_eq!(b.context_mask, vec![1, 1, 1, 1, 1, 1, 1, 1, 0, 0]);
+        assert_eq!(b.decoder, vec![7, 1, 2, 7, 3, 0]);
+        assert_eq!(b.positions, vec![0, 1, 2, 3, 4]);
+        assert_eq!(b.labels, vec![1, 2, 99, 3, 99]);
+        // The same labels, in the same order, as the decoder-only batch.
+        assert_eq!(b.labels, batch(&seqs, 2, 0).labels);
     }
 }

@@ -684,6 +684,17 @@ impl T5 {
         self.logits(&self.decoder_hidden(ids, encoded, mask, Some(cache))?)
     }
 
+    /// Final decoder hidden states [b, t, d_model] under teacher forcing (no cache): callers
+    /// that need logits at a few positions only pick them before [`T5::logits`].
+    pub fn decode_hidden(
+        &self,
+        ids: &Tensor,
+        encoded: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.decoder_hidden(ids, encoded, mask, None)
+    }
+
     /// Logits over the vocabulary for decoder outputs of any shape [..., d_model].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         if let Some(head) = &self.lm_head {

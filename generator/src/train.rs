@@ -1,4 +1,5 @@
-//! `rag train generator`: retrieval-augmented training of the image-to-code GPT-2. Each
+//! `rag train generator`: retrieval-augmented training of the image-to-code model (GPT-2 or
+//! CodeT5). Each
 //! training row's prompt holds its image prefix and its k nearest neighbours from the index
 //! with the row itself left out (leave-one-out), exactly as at inference; the loss covers the
 //! target code and its end token only. AdamW with warmup + cosine, gradient clipping and
@@ -25,12 +26,13 @@ use retriever::Retriever;
 use serde::{Deserialize, Serialize};
 
 use crate::compact::compact;
-use crate::gpt2::{init_weights, Gpt2Config};
+use crate::gpt2::Gpt2Config;
 use crate::model::{
-    load_pretrained, pretrained_start, Arch, CodeModel, GeneratorConfig, CONFIG_FILE,
-    GENERATOR_FILE, GENERATOR_FORMAT, TOKENIZER_FILE,
+    init_model_weights, load_pretrained, pretrained_start, Arch, CodeModel, GeneratorConfig,
+    LmConfig, CONFIG_FILE, GENERATOR_FILE, GENERATOR_FORMAT, TOKENIZER_FILE,
 };
-use crate::prompt::{batch, training_ids, PromptLayout, TrainingBatch};
+use crate::prompt::{training_ids, PromptLayout};
+use crate::t5::T5Config;
 use crate::tokenizer::GenTokenizer;
 use crate::GeneratorError;
 
@@ -43,16 +45,19 @@ pub const EXAMPLES_FILE: &str = "examples.safetensors";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GenSize {
-    /// Tests and the demo: 2 blocks of width 64.
+    /// Tests and the demo: 2 blocks of width 64 (CodeT5: 2 + 2).
     Tiny,
-    /// The CPU-trainable default: 4 blocks of width 256.
+    /// The CPU-trainable default: 4 blocks of width 256 (CodeT5: 4 + 4).
     Small,
-    /// GPT-2 small's shape (12 x 768): the GPU and `--init gpt2` path.
+    /// GPT-2 small's shape (12 x 768) or codet5-small's (6 + 6 x 512): the GPU and `--init`
+    /// path.
     Base,
 }
 
 impl GenSize {
-    /// (n_embd, n_layer, n_head, prefix_len).
+    /// (width, blocks per stack, heads, prefix_len) of the GPT-2 sizes; CodeT5's tiny and small
+    /// use the same widths with that many blocks in each of its two stacks, so a token passes
+    /// through as many blocks as in GPT-2.
     fn shape(self) -> (usize, usize, usize, usize) {
         match self {
             GenSize::Tiny => (64, 2, 2, 2),
@@ -99,7 +104,7 @@ pub struct GenTrainSettings {
     pub vocab: usize,
     /// Use only the first N training rows.
     pub limit: Option<usize>,
-    /// A pretrained HF GPT-2 folder (config, weights, tokenizer) that starts the run: its
+    /// A pretrained HF folder of `arch` (config, weights, tokenizer) that starts the run: its
     /// shape and tokenizer replace `size` and `vocab`.
     pub init: Option<PathBuf>,
 }
@@ -429,15 +434,32 @@ fn prepare(
     Ok(ex)
 }
 
-/// The GPT-2 shape of a size over a vocabulary, with room for the layout's longest prompt.
-fn model_config(size: GenSize, vocab: usize, layout: &PromptLayout, end_id: u32) -> Gpt2Config {
+/// The language model shape of an architecture and size over a tokenizer's vocabulary (GPT-2
+/// with room for the layout's longest prompt).
+fn model_config(arch: Arch, size: GenSize, tok: &GenTokenizer, layout: &PromptLayout) -> LmConfig {
     let (e, l, h, p) = size.shape();
-    let positions = layout
-        .max_positions(p)
-        .max(if size == GenSize::Base { 1024 } else { 0 });
-    let mut c = Gpt2Config::new(vocab, positions, e, l, h);
-    c.eos_token_id = Some(end_id);
-    c
+    match arch {
+        Arch::Gpt2 => {
+            let positions =
+                layout
+                    .max_positions(p)
+                    .max(if size == GenSize::Base { 1024 } else { 0 });
+            let mut c = Gpt2Config::new(tok.vocab_size(), positions, e, l, h);
+            c.eos_token_id = Some(tok.end_id());
+            LmConfig::Gpt2(c)
+        }
+        Arch::Codet5 => {
+            let mut c = T5Config::codet5_small();
+            if size != GenSize::Base {
+                (c.d_model, c.d_kv, c.d_ff, c.num_heads) = (e, e / h, 4 * e, h);
+                (c.num_layers, c.num_decoder_layers) = (l, Some(l));
+            }
+            c.vocab_size = tok.vocab_size();
+            (c.eos_token_id, c.pad_token_id) = (tok.end_id(), tok.end_id());
+            c.decoder_start_token_id = tok.code_id();
+            LmConfig::T5(c)
+        }
+    }
 }
 
 /// Sequences of `idx` examples, neighbours dropped where `drop[i]`.
@@ -485,23 +507,13 @@ fn length_grouped_order(lengths: &[usize], batch: usize, seed: u64, epoch: usize
     out
 }
 
-/// One micro-batch's tensors.
-fn tensors(
-    ex: &Examples,
-    idx: &[usize],
-    b: &TrainingBatch,
-    device: &Device,
-) -> candle_core::Result<(Tensor, Tensor, Tensor, Tensor)> {
+/// The image vectors of examples `idx`, [idx.len(), dims].
+fn image_batch(ex: &Examples, idx: &[usize], device: &Device) -> candle_core::Result<Tensor> {
     let mut images = Vec::with_capacity(idx.len() * ex.dims);
     for &i in idx {
         images.extend_from_slice(&ex.images[i * ex.dims..(i + 1) * ex.dims]);
     }
-    Ok((
-        Tensor::from_vec(images, (idx.len(), ex.dims), device)?,
-        Tensor::from_slice(&b.ids, (b.batch, b.len), device)?,
-        Tensor::from_slice(&b.positions, b.positions.len(), device)?,
-        Tensor::from_slice(&b.labels, b.labels.len(), device)?,
-    ))
+    Tensor::from_vec(images, (idx.len(), ex.dims), device)
 }
 
 /// Adds `grads` (scaled by `scale`) into `acc` for every variable.
@@ -558,17 +570,15 @@ fn validation_loss(
     device: &Device,
 ) -> Result<Option<f64>, GeneratorError> {
     let layout = model.config().layout;
-    let prefix = model.config().prefix_len;
     let err = |e| GeneratorError::candle("validation", e);
     let (mut sum, mut count) = (0.0f64, 0usize);
     let all: Vec<usize> = (0..ex.len()).collect();
     for idx in all.chunks(batch_size.max(1)) {
         let seqs = sequences(ex, idx, &vec![false; idx.len()], store, tok, &layout);
-        let b = batch(&seqs, prefix, tok.end_id());
-        let (images, ids, pos, labels) = tensors(ex, idx, &b, device).map_err(err)?;
-        let loss = model.loss(&images, &ids, &pos, &labels).map_err(err)?;
-        sum += loss.to_scalar::<f32>().map_err(err)? as f64 * b.labels.len() as f64;
-        count += b.labels.len();
+        let images = image_batch(ex, idx, device).map_err(err)?;
+        let (loss, n) = model.loss(&images, &seqs, tok.end_id()).map_err(err)?;
+        sum += loss.to_scalar::<f32>().map_err(err)? as f64 * n as f64;
+        count += n;
     }
     Ok((count > 0).then(|| sum / count as f64))
 }
@@ -672,13 +682,13 @@ pub fn train_generator(
         max_target_tokens: s.max_target_tokens,
     };
     let prefix_len = s.size.shape().3;
-    let (tok, gpt_config) = if resume.is_some() {
-        let gpt: Gpt2Config = read_json(&opts.out.join(CONFIG_FILE))?;
-        (GenTokenizer::load(&tok_path)?, gpt)
+    let (tok, lm_config) = if resume.is_some() {
+        let lm = LmConfig::read(&opts.out.join(CONFIG_FILE))?;
+        (GenTokenizer::load(&tok_path)?, lm)
     } else if let Some(init) = &s.init {
-        let (tok, gpt) = pretrained_start(init, &layout, prefix_len)?;
+        let (tok, lm) = pretrained_start(init, s.arch, &layout, prefix_len)?;
         tok.save(&tok_path)?;
-        (tok, gpt)
+        (tok, lm)
     } else {
         progress.set_message("training the tokenizer");
         let mut codes = Vec::new();
@@ -693,15 +703,15 @@ pub fn train_generator(
         }
         let t = GenTokenizer::train(codes.iter().map(|c| c.as_str()), s.vocab)?;
         t.save(&tok_path)?;
-        let gpt = model_config(s.size, t.vocab_size(), &layout, t.end_id());
-        (t, gpt)
+        let lm = model_config(s.arch, s.size, &t, &layout);
+        (t, lm)
     };
     let gen_config = GeneratorConfig {
         format: GENERATOR_FORMAT,
         arch: s.arch,
         encoder: identity.clone(),
         prefix_len,
-        prefix_hidden: gpt_config.n_embd,
+        prefix_hidden: lm_config.width(),
         layout,
     };
     let store = store_tokens(&retriever, &tok)?;
@@ -753,7 +763,7 @@ pub fn train_generator(
 
     let mut varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &opts.device);
-    let model = CodeModel::new(&gpt_config, &gen_config, vb)
+    let model = CodeModel::new(&lm_config, &gen_config, vb)
         .map_err(|e| GeneratorError::candle("building the model", e))?;
     let vars = varmap.all_vars();
     let mut optimizer = AdamW::new(&varmap, s.weight_decay)
@@ -770,13 +780,13 @@ pub fn train_generator(
             st
         }
         None => {
-            init_weights(&varmap, s.seed, gpt_config.n_layer)
+            init_model_weights(&varmap, s.seed, &lm_config)
                 .map_err(|e| GeneratorError::candle("initialising weights", e))?;
             if let Some(init) = &s.init {
-                let copied = load_pretrained(&varmap, init)?;
+                let copied = load_pretrained(&varmap, init, s.arch)?;
                 tracing::info!("copied {copied} pretrained tensors from {}", init.display());
             }
-            write_json(&opts.out.join(CONFIG_FILE), &gpt_config)?;
+            lm_config.write(&opts.out.join(CONFIG_FILE))?;
             write_json(&opts.out.join(GENERATOR_FILE), &gen_config)?;
             GenTrainingState {
                 format: TRAINING_FORMAT,
@@ -848,15 +858,15 @@ pub fn train_generator(
         let mut step_loss = 0.0f64;
         for (part, chunk) in idx.chunks(micro).enumerate() {
             let seq_part = &seqs[part * micro..part * micro + chunk.len()];
-            let b = batch(seq_part, prefix_len, tok.end_id());
             tokens_this_run += seq_part
                 .iter()
                 .map(|(ids, _)| (ids.len() + prefix_len) as u64)
                 .sum::<u64>();
-            let (images, ids, pos, labels) =
-                tensors(&ex, chunk, &b, &opts.device).map_err(step_err)?;
-            let weight = b.labels.len() as f64 / step_targets as f64;
-            let loss = model.loss(&images, &ids, &pos, &labels).map_err(step_err)?;
+            let images = image_batch(&ex, chunk, &opts.device).map_err(step_err)?;
+            let (loss, n) = model
+                .loss(&images, seq_part, tok.end_id())
+                .map_err(step_err)?;
+            let weight = n as f64 / step_targets as f64;
             step_loss += loss.to_scalar::<f32>().map_err(step_err)? as f64 * weight;
             let grads = (loss * weight)
                 .and_then(|l| l.backward())
