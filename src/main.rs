@@ -157,13 +157,16 @@ impl From<ProtocolArg> for Protocols {
 
 #[derive(Subcommand)]
 enum BenchWhat {
-    /// Pairs per second of `score` (both protocols) on the 44 reference pairs.
+    /// Pairs per second of `score` (both protocols by default) on the 44 reference pairs.
     Score {
         #[command(flatten)]
         pool: PoolArgs,
         /// Passes over the 44 pairs.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// Time one protocol alone (where the time goes), or both.
+        #[arg(long, value_enum, default_value_t = ProtocolArg::All)]
+        protocol: ProtocolArg,
     },
     /// Images per second of the renderer (one thread, 448x448, reference parts).
     Render {
@@ -311,7 +314,7 @@ async fn score(args: ScoreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn bench_score(pool_args: PoolArgs, repeat: usize) -> Result<ExitCode> {
+async fn bench_score(pool_args: PoolArgs, repeat: usize, protocols: Protocols) -> Result<ExitCode> {
     let pairs = reference::pairs();
     let pool = start_pool(&pool_args).await?;
     let reference_seconds: f64 = pairs
@@ -332,7 +335,7 @@ async fn bench_score(pool_args: PoolArgs, repeat: usize) -> Result<ExitCode> {
                 pred: Some(evaluator::CodeText::Utf8(p.pred_code.clone())),
             };
             handles.push(tokio::spawn(async move {
-                score_pair(&pool, input, Protocols::ALL).await
+                score_pair(&pool, input, protocols).await
             }));
         }
         for h in handles {
@@ -350,8 +353,13 @@ async fn bench_score(pool_args: PoolArgs, repeat: usize) -> Result<ExitCode> {
     let mean = per_pass.iter().sum::<f64>() / per_pass.len() as f64;
     let n = pairs.len() as f64;
     println!(
-        "bench score: {} reference pairs, both protocols, {} workers on {} cores",
+        "bench score: {} reference pairs, {}, {} workers on {} cores",
         pairs.len(),
+        match (protocols.shell, protocols.volume) {
+            (true, true) => "both protocols",
+            (true, false) => "shell protocol only",
+            _ => "volume protocol only",
+        },
         pool.size(),
         cores()
     );
@@ -424,6 +432,19 @@ async fn demo(out: PathBuf) -> Result<ExitCode> {
         .context("the demo corpus has no test rows")??;
     first_test.decode_image()?.save(&query)?;
     let q = query.display().to_string();
+    let search_page = out.join("search").display().to_string();
+    eprintln!("demo: the query's nearest neighbours, with their thumbnails, in {search_page}");
+    demo_step(&[
+        "search",
+        &q,
+        "--index",
+        &i,
+        "-k",
+        "5",
+        "--gallery",
+        &search_page,
+    ])
+    .await?;
     let code = out.join("generated.py").display().to_string();
     eprintln!("demo: generating code for {q} (retrieval only) into {code}");
     demo_step(&[
@@ -586,8 +607,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Score(args) => score(args).await,
         Command::Bench {
-            what: BenchWhat::Score { pool, repeat },
-        } => bench_score(pool, repeat).await,
+            what:
+                BenchWhat::Score {
+                    pool,
+                    repeat,
+                    protocol,
+                },
+        } => bench_score(pool, repeat, protocol.into()).await,
         Command::Bench {
             what: BenchWhat::Render { repeat },
         } => dataset::bench_render(repeat).await,

@@ -8,10 +8,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indexer::corpus::Split;
-use indexer::encoder::{encoder_from_spec, normalise_unit, parallel_map};
+use indexer::encoder::{encoder_from_spec, load_image, normalise_unit, parallel_map};
 use indexer::index::hnsw::{build_graph, dump_graph, HnswParams};
+use indexer::index::thumbs::thumbnail;
 use indexer::index::{build_index, BuildOptions, IndexError};
-use retriever::{resident_bytes, ExactIndex, HnswIndex, Retriever, VectorIndex};
+use retriever::{resident_bytes, ExactIndex, HnswIndex, NeighbourSet, Retriever, VectorIndex};
 
 use crate::progress_bar;
 
@@ -26,8 +27,8 @@ pub struct BuildArgs {
     /// Corpus folder (GenCAD parquet, our synthetic output, or <id>.png + jsonl).
     #[arg(long)]
     corpus: PathBuf,
-    /// Image encoder: `pixel` (the pixel-space baseline, `pixel-N` for N x N) or a CLIP
-    /// checkpoint folder (not supported yet).
+    /// Image encoder: `pixel` (the pixel-space baseline, `pixel-N` for N x N), a CLIP
+    /// checkpoint folder (ours or a Hugging Face one), or `A+B` (both, equal weight).
     #[arg(long)]
     encoder: String,
     /// Index folder to create or replace atomically (e.g. indices/NAME).
@@ -71,6 +72,10 @@ pub struct SearchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also write an HTML page of the query and each neighbour's thumbnail, score and code
+    /// into this folder (DIR/index.html).
+    #[arg(long, value_name = "DIR")]
+    gallery: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -167,6 +172,10 @@ pub(crate) fn load_retriever(index: &Path, encoder: Option<&str>) -> Result<Retr
 pub async fn search(args: SearchArgs) -> Result<ExitCode> {
     let retriever = load_retriever(&args.index, args.encoder.as_deref())?;
     let set = retriever.search_path(&args.image, args.k, &args.require)?;
+    if let Some(dir) = &args.gallery {
+        let page = search_gallery(&retriever, &args.image, &set, dir)?;
+        eprintln!("gallery: {}", page.display());
+    }
     if args.json {
         let v = serde_json::json!({
             "image": args.image.display().to_string(),
@@ -192,6 +201,45 @@ pub async fn search(args: SearchArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `rag search --gallery`: the query (as a thumbnail) and its neighbours' thumbnails
+/// from the index, with scores and code.
+fn search_gallery(
+    retriever: &Retriever,
+    image: &Path,
+    set: &NeighbourSet,
+    dir: &Path,
+) -> Result<PathBuf> {
+    use evaluator::report::{write_search_page, Picture, SearchHit};
+    let query = Picture::Png(thumbnail(&load_image(image)?));
+    let ids: Vec<&str> = set.neighbours.iter().map(|n| n.id.as_str()).collect();
+    let thumbs = retriever.thumbnails(&ids)?;
+    let hits: Vec<SearchHit> = set
+        .neighbours
+        .iter()
+        .enumerate()
+        .map(|(i, n)| SearchHit {
+            rank: n.rank,
+            id: n.id.clone(),
+            score: n.score,
+            picture: match &thumbs {
+                Some(t) => Picture::Png(t[i].clone()),
+                None => Picture::Missing(
+                    "no thumbnails in this index (built before they were stored; rebuild it)"
+                        .into(),
+                ),
+            },
+            code: n.code.clone(),
+        })
+        .collect();
+    let title = format!(
+        "{} in {} ({})",
+        image.display(),
+        retriever.dir().display(),
+        retriever.manifest().encoder.id
+    );
+    Ok(write_search_page(dir, &title, &query, &hits)?)
 }
 
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {

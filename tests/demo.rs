@@ -16,6 +16,8 @@ fn demo_runs_end_to_end_and_its_report_opens() {
     for f in [
         "corpus_gallery.png",
         "generated.py",
+        "search/index.html",
+        "search/img/rank-5.png",
         "generated-rag.py",
         "generated-rag.png",
         "query-vs-generated.png",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fails_with, ok_json, pixel_index, rag, s, stderr, synth_corpus};
+use common::{fails_with, in_chromium, ok_json, pixel_index, rag, s, stderr, synth_corpus};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -72,10 +72,12 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
         "hnsw.hnsw.graph",
         "hnsw.hnsw.data",
         "store.jsonl",
+        "thumbs.bin",
         "tantivy",
     ] {
         assert!(index.join(f).exists(), "{f}");
     }
+    assert!(manifest["files"]["thumbs.bin"]["checksum"].is_string());
 
     // A build stopped part-way keeps its progress beside the target and the same command
     // finishes it: the same store and content hash as the straight build, nothing left over.
@@ -103,6 +105,11 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
     );
     let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
     assert_eq!(read(&staged, "store.jsonl"), read(&index, "store.jsonl"));
+    assert!(
+        std::fs::read(staged.join("thumbs.bin")).unwrap()
+            == std::fs::read(index.join("thumbs.bin")).unwrap(),
+        "resumed thumbnails differ"
+    );
     let m: serde_json::Value = serde_json::from_str(&read(&staged, "manifest.json")).unwrap();
     assert_eq!(
         m["corpus"]["content_hash"],
@@ -140,6 +147,26 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
     );
     assert_eq!(ns[0]["code"], qcode.as_str());
     assert_eq!(v["encoder"], "pixel-32");
+
+    // The gallery page: the query and each neighbour's thumbnail load in a browser, and the
+    // top neighbour's thumbnail is the query image shrunk.
+    let gallery = tmp.path().join("gallery");
+    let g = search(&index, &query, &["-k", "3", "--gallery", s(&gallery)]);
+    assert!(g.status.success(), "{}", stderr(&g));
+    let dom = in_chromium(&gallery.join("index.html"), &["--dump-dom"]);
+    assert!(dom.contains("images loaded: 4 of 4"), "{dom}");
+    assert!(
+        dom.contains(&format!("<td class=\"l\">{qid}</td>")),
+        "{dom}"
+    );
+    let own = image::open(gallery.join("img").join("rank-1.png"))
+        .unwrap()
+        .to_luma8();
+    let q = image::open(gallery.join("img").join("query.png"))
+        .unwrap()
+        .to_luma8();
+    assert_eq!(own.dimensions(), (96, 96));
+    assert_eq!(own, q, "the stored thumbnail of the query's own row");
 
     // Grey, RGBA and resized versions of it are converted, not refused, and still match.
     let rgb = image::load_from_memory(qpng).unwrap();
@@ -309,6 +336,11 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
     damaged(
         "nostore",
         &|d| std::fs::remove_file(d.join("store.jsonl")).unwrap(),
+        "missing index file",
+    );
+    damaged(
+        "nothumbs",
+        &|d| std::fs::remove_file(d.join("thumbs.bin")).unwrap(),
         "missing index file",
     );
     damaged(

@@ -269,6 +269,65 @@ fn picture_cell(dir: &Path, name: &str, picture: &Picture) -> Result<String, Rep
     })
 }
 
+/// One neighbour on a search page.
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    /// 1-based rank.
+    pub rank: usize,
+    /// Corpus id.
+    pub id: String,
+    /// Cosine similarity to the query.
+    pub score: f32,
+    /// The neighbour's thumbnail from the index.
+    pub picture: Picture,
+    /// Its CadQuery code.
+    pub code: String,
+}
+
+/// Writes a search result page into `dir` (created if needed): `index.html` with the query
+/// picture next to each neighbour's thumbnail, rank, id, score and code, pictures under
+/// `img/`. `title` names the query and index. Returns the page's path.
+pub fn write_search_page(
+    dir: &Path,
+    title: &str,
+    query: &Picture,
+    hits: &[SearchHit],
+) -> Result<PathBuf, ReportError> {
+    std::fs::create_dir_all(dir.join("img")).map_err(io(dir))?;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n<h2>Query</h2>\n{}\n\
+         <h2>Neighbours</h2>\n<table id=\"neighbours\"><tr><th>rank</th><th>score</th>\
+         <th class=\"l\">id</th><th class=\"l\">thumbnail</th><th class=\"l\">code</th></tr>\n",
+        picture_cell(dir, "query", query)?,
+        t = escape(title),
+    );
+    for hit in hits {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{:.4}</td><td class=\"l\">{}</td><td class=\"l\">{}</td>\
+             <td class=\"l\"><pre>{}</pre></td></tr>",
+            hit.rank,
+            hit.score,
+            escape(&hit.id),
+            picture_cell(dir, &format!("rank-{}", hit.rank), &hit.picture)?,
+            escape(&hit.code)
+        );
+    }
+    if hits.is_empty() {
+        h.push_str("<tr><td colspan=\"5\">no neighbour matches the filter</td></tr>\n");
+    }
+    let _ = write!(
+        h,
+        "</table>\n<p id=\"image-check\">images loaded: not checked (scripts off)</p>\n{IMAGE_CHECK}\n</body></html>\n"
+    );
+    let page = dir.join("index.html");
+    std::fs::write(&page, h).map_err(io(&page))?;
+    Ok(page)
+}
+
 /// Writes the report into `dir` (created if needed): `index.html`, one histogram SVG per
 /// mode and the gallery's PNGs under `img/`. Returns the page's path.
 pub fn write_report(dir: &Path, report: &Report) -> Result<PathBuf, ReportError> {

@@ -14,6 +14,7 @@ use std::time::Instant;
 use indexer::encoder::{encoder_from_identity, load_image, EncoderError, ImageEncoder};
 use indexer::index::manifest::{STORE_FILE, TANTIVY_DIR};
 use indexer::index::store::{read_store, StoreEntry};
+use indexer::index::thumbs::{read_some, THUMBS_FILE};
 use indexer::index::{IndexError, Manifest};
 use serde::Serialize;
 
@@ -170,6 +171,29 @@ impl Retriever {
     /// The id -> code store, in data-id order.
     pub fn store(&self) -> &[StoreEntry] {
         &self.store
+    }
+
+    /// PNG thumbnails of the entries with these corpus ids (read from `thumbs.bin` on demand);
+    /// `None` for an index built before thumbnails were stored. An id not in the index is a
+    /// [`IndexError::Corrupt`] naming it.
+    pub fn thumbnails(&self, ids: &[&str]) -> Result<Option<Vec<Vec<u8>>>, RetrieverError> {
+        if !self.manifest.files.contains_key(THUMBS_FILE) {
+            return Ok(None);
+        }
+        let path = self.dir.join(THUMBS_FILE);
+        let positions = ids
+            .iter()
+            .map(|id| {
+                self.store
+                    .iter()
+                    .position(|e| e.id == *id)
+                    .ok_or_else(|| IndexError::Corrupt {
+                        path: self.dir.join(STORE_FILE),
+                        message: format!("no entry with id {id}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(read_some(&path, &positions)?))
     }
 
     /// Reads, converts (grey/RGBA/any size) and searches an image file.

@@ -18,6 +18,7 @@ use super::manifest::{
     STORE_FILE, TANTIVY_DIR,
 };
 use super::store::{read_store, write_store, StoreEntry};
+use super::thumbs::{read_thumbs, thumbnail, write_thumbs, THUMBS_FILE};
 use super::IndexError;
 use crate::corpus::{CorpusReader, CorpusRow, Split};
 use crate::encoder::{parallel_map, to_rgb_on_white, Fnv1a64, ImageEncoder};
@@ -91,6 +92,8 @@ struct Progress {
     read: usize,
     vectors: Vec<Vec<f32>>,
     entries: Vec<StoreEntry>,
+    /// PNG thumbnails, one per entry.
+    thumbs: Vec<Vec<u8>>,
     skipped: usize,
     skip_messages: Vec<String>,
 }
@@ -134,6 +137,7 @@ impl Progress {
             std::fs::write(p, &bytes).map_err(|e| IndexError::io(p, e))
         })?;
         put(STORE_FILE, &|p| write_store(p, &self.entries))?;
+        put(THUMBS_FILE, &|p| write_thumbs(p, &self.thumbs))?;
         let json = serde_json::to_string_pretty(state).expect("state serialises");
         put(PARTIAL_STATE, &|p| {
             std::fs::write(p, &json).map_err(|e| IndexError::io(p, e))
@@ -156,8 +160,12 @@ impl Progress {
             return None;
         }
         let entries = read_store(&dir.join(STORE_FILE)).ok()?;
+        let thumbs = read_thumbs(&dir.join(THUMBS_FILE)).ok()?;
         let bytes = std::fs::read(dir.join(PARTIAL_VECTORS)).ok()?;
-        if state.dims == 0 || bytes.len() != entries.len() * state.dims * 4 {
+        if state.dims == 0
+            || bytes.len() != entries.len() * state.dims * 4
+            || thumbs.len() != entries.len()
+        {
             tracing::warn!(
                 "{}: vectors and entries disagree; starting over",
                 dir.display()
@@ -172,6 +180,7 @@ impl Progress {
             read: state.read,
             vectors: floats.chunks(state.dims).map(|c| c.to_vec()).collect(),
             entries,
+            thumbs,
             skipped: state.skipped,
             skip_messages: state.skip_messages,
         })
@@ -280,6 +289,7 @@ fn build_into(
         read: 0,
         vectors: Vec::with_capacity(total),
         entries: Vec::with_capacity(total),
+        thumbs: Vec::with_capacity(total),
         skipped: 0,
         skip_messages: Vec::new(),
     };
@@ -332,16 +342,20 @@ fn build_into(
         }
         let decoded = parallel_map(&batch, |r| {
             image::load_from_memory(&r.image_png)
-                .map(|img| to_rgb_on_white(&img))
+                .map(|img| {
+                    let rgb = to_rgb_on_white(&img);
+                    let thumb = thumbnail(&rgb);
+                    (rgb, thumb)
+                })
                 .map_err(|e| e.to_string())
         });
         let mut images = Vec::with_capacity(batch.len());
         let mut keep = Vec::with_capacity(batch.len());
         for (row, img) in batch.iter().zip(decoded) {
             match img {
-                Ok(img) => {
+                Ok((img, thumb)) => {
                     images.push(img);
-                    keep.push(row);
+                    keep.push((row, thumb));
                 }
                 Err(e) => p.skip(format!(
                     "{} (id {}): image does not decode, skipped: {e}",
@@ -349,7 +363,7 @@ fn build_into(
                 )),
             }
         }
-        for (row, v) in keep.into_iter().zip(encoder.encode_batch(&images)) {
+        for ((row, thumb), v) in keep.into_iter().zip(encoder.encode_batch(&images)) {
             match v {
                 Ok(v) => {
                     p.vectors.push(v);
@@ -357,6 +371,7 @@ fn build_into(
                         id: row.deepcad_id.clone(),
                         code: row.cadquery.clone(),
                     });
+                    p.thumbs.push(thumb);
                 }
                 Err(e) => p.skip(format!(
                     "{} (id {}): not embedded, skipped: {e}",
@@ -374,6 +389,7 @@ fn build_into(
         read,
         vectors,
         entries,
+        thumbs,
         skipped,
         skip_messages,
     } = p;
@@ -402,11 +418,12 @@ fn build_into(
     progress.set_message("writing store and keyword index");
     let t = Instant::now();
     write_store(&tmp.join(STORE_FILE), &entries)?;
+    write_thumbs(&tmp.join(THUMBS_FILE), &thumbs)?;
     write_keyword_index(&tmp.join(TANTIVY_DIR), &entries)?;
     let mut files = BTreeMap::new();
     for name in dump_files()
         .into_iter()
-        .chain(std::iter::once(STORE_FILE.to_string()))
+        .chain([STORE_FILE.to_string(), THUMBS_FILE.to_string()])
     {
         files.insert(name.clone(), file_check(&tmp.join(&name))?);
     }

@@ -7,6 +7,7 @@
 //!   metric, counts, HNSW parameters, sizes and checksums of the other files, created;
 //! - `hnsw.hnsw.graph`, `hnsw.hnsw.data`  the hnsw_rs dump (data id = row in the store);
 //! - `store.jsonl`  one `{"id", "code"}` line per vector, in data-id order;
+//! - `thumbs.bin`  a 96-px grey PNG of each indexed image, in data-id order ([`thumbs`]);
 //! - `tantivy/`  fields `id`, `code`, `ops` (dialect op tokens) and `pos` (the data id).
 //!
 //! Rebuilding into an existing folder is atomic: everything is written to `NAME.tmp-<pid>`
@@ -20,6 +21,7 @@ pub mod hnsw;
 pub mod keywords;
 pub mod manifest;
 pub mod store;
+pub mod thumbs;
 
 pub use build::{build_index, BuildOptions, BuildReport};
 pub use error::IndexError;
