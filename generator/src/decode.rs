@@ -10,8 +10,7 @@ use serde::Serialize;
 
 use crate::compact::{compact, inflate};
 use crate::grammar::DialectState;
-use crate::model::DecodeCache;
-use crate::model::Generator;
+use crate::model::{DecodeCache, Generator};
 use crate::prompt::context_ids;
 use crate::GeneratorError;
 

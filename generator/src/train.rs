@@ -1,9 +1,8 @@
 //! `rag train generator`: retrieval-augmented training of the image-to-code model (GPT-2 or
-//! CodeT5). Each
-//! training row's prompt holds its image prefix and its k nearest neighbours from the index
-//! with the row itself left out (leave-one-out), exactly as at inference; the loss covers the
-//! target code and its end token only. AdamW with warmup + cosine, gradient clipping and
-//! accumulation, periodic validation loss, and checkpoints that resume exactly.
+//! CodeT5). Each training row's prompt holds its image prefix and its k nearest neighbours from
+//! the index with the row itself left out (leave-one-out), exactly as at inference; the loss
+//! covers the target code and its end token only. AdamW with warmup + cosine, gradient
+//! clipping and accumulation, periodic validation loss, and checkpoints that resume exactly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

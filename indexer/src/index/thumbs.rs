@@ -20,21 +20,39 @@ const MAGIC: &[u8; 8] = b"CTHB1\0\0\0";
 /// A grey PNG of `img` at [`THUMB_SIZE`] pixels: each pixel the darkest of the source pixels
 /// it covers, so one-pixel edge lines of the renders stay visible after the shrink.
 pub fn thumbnail(img: &RgbImage) -> Vec<u8> {
-    let grey: GrayImage = image::imageops::grayscale(img);
-    let (w, h) = grey.dimensions();
-    let span = |i: u32, n: u32| {
-        let lo = (i as u64 * n as u64 / THUMB_SIZE as u64) as u32;
-        let hi = (((i as u64 + 1) * n as u64).div_ceil(THUMB_SIZE as u64) as u32).max(lo + 1);
-        lo..hi.min(n)
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let side = THUMB_SIZE as usize;
+    // Source pixels under target pixel i of n: [i n / side, ceil((i + 1) n / side)).
+    let spans = |n: usize| -> Vec<std::ops::Range<usize>> {
+        (0..side)
+            .map(|i| {
+                let lo = i * n / side;
+                let hi = ((i + 1) * n).div_ceil(side).max(lo + 1).min(n);
+                lo..hi
+            })
+            .collect()
     };
-    let small = GrayImage::from_fn(THUMB_SIZE, THUMB_SIZE, |x, y| {
-        let darkest = span(y, h)
-            .flat_map(|sy| span(x, w).map(move |sx| (sx, sy)))
-            .map(|(sx, sy)| grey.get_pixel(sx, sy)[0])
-            .min()
-            .unwrap_or(255);
-        image::Luma([darkest])
-    });
+    let (cols, rows) = (spans(w), spans(h));
+    let raw = img.as_raw();
+    let mut luma = vec![0u8; w];
+    let mut small = GrayImage::new(THUMB_SIZE, THUMB_SIZE);
+    for (ty, row_span) in rows.iter().enumerate() {
+        let mut darkest = vec![255u8; side];
+        for sy in row_span.clone() {
+            let row = &raw[sy * w * 3..(sy + 1) * w * 3];
+            for (l, px) in luma.iter_mut().zip(row.chunks_exact(3)) {
+                // Rec. 601 luma in integers (grey renders have r = g = b anyway).
+                *l = ((px[0] as u32 * 77 + px[1] as u32 * 150 + px[2] as u32 * 29) >> 8) as u8;
+            }
+            for (d, span) in darkest.iter_mut().zip(&cols) {
+                let m = luma[span.clone()].iter().copied().min().unwrap_or(255);
+                *d = (*d).min(m);
+            }
+        }
+        for (tx, d) in darkest.into_iter().enumerate() {
+            small.put_pixel(tx as u32, ty as u32, image::Luma([d]));
+        }
+    }
     let mut png = Vec::new();
     small
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
