@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use generator::model::Arch;
+use generator::train::Precision;
 use generator::{train_generator, GenSize, GenTrainOptions, GenTrainSettings};
 use indexer::clip::{device, train_clip, ClipSize, TrainOptions, TrainSettings};
 
@@ -203,6 +204,12 @@ enum ArchArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum GenSizeArg {
     Tiny,
     Small,
@@ -223,6 +230,10 @@ pub struct TrainGeneratorArgs {
     /// Language model: gpt2 (decoder-only) or codet5 (T5 encoder-decoder).
     #[arg(long, value_enum, default_value_t = ArchArg::Gpt2)]
     arch: ArchArg,
+    /// Compute dtype: f32, or bf16 mixed precision (f32 master weights; meant for
+    /// `--device cuda`, slower than f32 on CPU).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
     /// Model size: tiny (tests, demo), small (CPU default), base (GPT-2 small's or codet5-small's
     /// shape, GPU).
     #[arg(long = "config", value_enum, default_value_t = GenSizeArg::Small)]
@@ -321,6 +332,10 @@ async fn train_generator_cmd(a: TrainGeneratorArgs) -> Result<ExitCode> {
             vocab: a.vocab,
             limit: a.limit,
             init: a.init.clone(),
+            precision: match a.precision {
+                PrecisionArg::F32 => Precision::F32,
+                PrecisionArg::Bf16 => Precision::Bf16,
+            },
         },
         checkpoint_every: a.checkpoint_every,
         eval_every: a.eval_every,

@@ -504,6 +504,17 @@ fn codet5_trains_resumes_generates_and_evals() {
         &rag(&train_args(&corpus, &index, &split, "4")),
         "other settings",
     );
+    // bf16 mixed precision trains through the CLI too (f32 weights on disk), and is another
+    // run's settings.
+    let half = tmp.path().join("half");
+    let mut h = t5_args(&half);
+    h.extend(["--precision", "bf16", "--max-steps", "2"].map(String::from));
+    let r = ok_json(&run(&h));
+    assert_eq!(r["state"]["settings"]["precision"], "bf16", "{r}");
+    assert_eq!(r["state"]["step"], 2);
+    let mut back = t5_args(&half);
+    back.extend(["--max-steps", "1"].map(String::from));
+    fails_with(&run(&back), "other settings");
 
     // generate (greedy and beam) and eval in the model modes.
     let row = CorpusReader::open(&corpus)

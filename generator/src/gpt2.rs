@@ -4,7 +4,7 @@
 //! through differentiable ops only (`candle_nn::ops::softmax`, `layer_norm_slow`), and keeps an
 //! explicit [`KvCache`] the caller owns, so beams can reorder it.
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use indexer::clip::model::LayerNorm;
 use serde::{Deserialize, Serialize};
@@ -220,7 +220,8 @@ impl Attention {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let mut att = q.matmul(&k.t()?)?;
+        // Scores and softmax in f32 whatever the weights' dtype (bf16 training).
+        let mut att = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
         if t > 1 {
             att = att.broadcast_add(&causal_mask(t, past, x.device())?)?;
         }
@@ -228,7 +229,8 @@ impl Attention {
             candle_nn::ops::softmax(&att, D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&att)?
-        };
+        }
+        .to_dtype(v.dtype())?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.c_proj.forward(&y)
     }
@@ -400,7 +402,6 @@ pub fn init_weights(varmap: &candle_nn::VarMap, seed: u64, n_layer: usize) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::DType;
     use candle_nn::VarMap;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -332,7 +332,11 @@ impl CodeModel {
             LanguageModel::Gpt2(gpt) => gpt.logits(&picked)?,
             LanguageModel::T5(t5) => t5.logits(&picked)?,
         };
-        Ok((logits, Tensor::from_slice(&labels, labels.len(), dev)?))
+        // The loss reads f32 logits whatever the weights' dtype (bf16 training).
+        Ok((
+            logits.to_dtype(DType::F32)?,
+            Tensor::from_slice(&labels, labels.len(), dev)?,
+        ))
     }
 
     /// Mean cross-entropy over the target and end tokens of `seqs` (see
@@ -389,6 +393,30 @@ impl CodeModel {
             _ => candle_core::bail!("a decoding cache of the other architecture"),
         }
     }
+}
+
+/// The model over `varmap`'s weights cast to `dtype` (bf16 for mixed-precision training): the
+/// casts are part of the graph, so the loss's gradients reach the f32 variables the optimizer
+/// updates. Rebuild it after every update (the casts are copies).
+pub fn cast_model(
+    varmap: &VarMap,
+    lm: &LmConfig,
+    config: &GeneratorConfig,
+    dtype: DType,
+) -> CResult<CodeModel> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut tensors = HashMap::with_capacity(data.len());
+    let mut device = Device::Cpu;
+    for (name, var) in data.iter() {
+        device = var.device().clone();
+        tensors.insert(name.clone(), var.as_tensor().to_dtype(dtype)?);
+    }
+    drop(data);
+    CodeModel::new(
+        lm,
+        config,
+        VarBuilder::from_tensors(tensors, dtype, &device),
+    )
 }
 
 /// Seeded initial weights of a whole model: the language model's own scheme, and for the prefix
@@ -1112,6 +1140,42 @@ mod tests {
                 norm.is_finite() && norm > 0.0,
                 "{arch:?} {name}: gradient norm {norm}"
             );
+        }
+    }
+
+    #[test]
+    fn bf16_training_follows_f32_and_updates_the_f32_weights() {
+        for arch in [Arch::Gpt2, Arch::Codet5] {
+            let dev = Device::Cpu;
+            let tok = GenTokenizer::train(PROGRAMS.into_iter(), 320).unwrap();
+            let (lm, config, varmap, model) = tiny_model(&tok, 4, arch);
+            let seqs = program_seqs(&tok, &config, &PROGRAMS);
+            let imgs = images(&dev);
+            let half = cast_model(&varmap, &lm, &config, DType::BF16).unwrap();
+            let bf = imgs.to_dtype(DType::BF16).unwrap();
+            let loss_f32 = model.loss(&imgs, &seqs, tok.end_id()).unwrap().0;
+            let (loss_bf16, _) = half.loss(&bf, &seqs, tok.end_id()).unwrap();
+            let (a, b) = (
+                loss_f32.to_scalar::<f32>().unwrap(),
+                loss_bf16.to_scalar::<f32>().unwrap(),
+            );
+            assert!((a - b).abs() < 0.05 * a, "{arch:?}: f32 loss {a}, bf16 {b}");
+            // Gradients of the bf16 forward land on every f32 variable.
+            let grads = loss_bf16.backward().unwrap();
+            for (name, var) in varmap.data().lock().unwrap().iter() {
+                assert_eq!(var.dtype(), DType::F32);
+                let g = grads.get(var.as_tensor());
+                assert!(g.is_some(), "{arch:?}: no gradient for {name}");
+            }
+            let mut opt = AdamW::new(&varmap, 0.0).unwrap();
+            let mut last = b;
+            for _ in 0..30 {
+                let m = cast_model(&varmap, &lm, &config, DType::BF16).unwrap();
+                let (l, _) = m.loss(&bf, &seqs, tok.end_id()).unwrap();
+                last = l.to_scalar::<f32>().unwrap();
+                opt.step(&l.backward().unwrap(), 3e-3).unwrap();
+            }
+            assert!(last < 0.7 * b, "{arch:?}: bf16 loss {b} -> {last}");
         }
     }
 

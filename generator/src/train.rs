@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::compact::compact;
 use crate::gpt2::Gpt2Config;
 use crate::model::{
-    init_model_weights, load_pretrained, pretrained_start, Arch, CodeModel, GeneratorConfig,
-    LmConfig, CONFIG_FILE, GENERATOR_FILE, GENERATOR_FORMAT, TOKENIZER_FILE,
+    cast_model, init_model_weights, load_pretrained, pretrained_start, Arch, CodeModel,
+    GeneratorConfig, LmConfig, CONFIG_FILE, GENERATOR_FILE, GENERATOR_FORMAT, TOKENIZER_FILE,
 };
 use crate::prompt::{training_ids, PromptLayout};
 use crate::t5::T5Config;
@@ -106,6 +106,31 @@ pub struct GenTrainSettings {
     /// A pretrained HF folder of `arch` (config, weights, tokenizer) that starts the run: its
     /// shape and tokenizer replace `size` and `vocab`.
     pub init: Option<PathBuf>,
+    /// Dtype of the forward and backward passes; weights and optimizer state stay f32.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// The compute dtype of training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: weights cast to bf16 for each step's passes (matrix products in bf16,
+    /// norms, softmax and the loss in f32), f32 master weights and AdamW state: the GPU path,
+    /// where bf16 halves activation memory; on CPU it runs, slower than f32.
+    Bf16,
+}
+
+impl Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
 }
 
 impl Default for GenTrainSettings {
@@ -128,6 +153,7 @@ impl Default for GenTrainSettings {
             vocab: 2048,
             limit: None,
             init: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -567,6 +593,7 @@ fn validation_loss(
     tok: &GenTokenizer,
     batch_size: usize,
     device: &Device,
+    dtype: DType,
 ) -> Result<Option<f64>, GeneratorError> {
     let layout = model.config().layout;
     let err = |e| GeneratorError::candle("validation", e);
@@ -574,7 +601,9 @@ fn validation_loss(
     let all: Vec<usize> = (0..ex.len()).collect();
     for idx in all.chunks(batch_size.max(1)) {
         let seqs = sequences(ex, idx, &vec![false; idx.len()], store, tok, &layout);
-        let images = image_batch(ex, idx, device).map_err(err)?;
+        let images = image_batch(ex, idx, device)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(err)?;
         let (loss, n) = model.loss(&images, &seqs, tok.end_id()).map_err(err)?;
         sum += loss.to_scalar::<f32>().map_err(err)? as f64 * n as f64;
         count += n;
@@ -853,6 +882,13 @@ pub fn train_generator(
         let seqs = sequences(&ex, idx, &drop, &store, &tok, &layout);
         let step_targets: usize = seqs.iter().map(|(ids, c)| ids.len() - c).sum();
         let lr = learning_rate(state.step, warmup, total_steps, s.lr);
+        let dtype = s.precision.dtype();
+        let step_model = match s.precision {
+            Precision::F32 => model.clone(),
+            Precision::Bf16 => {
+                cast_model(&varmap, &lm_config, &gen_config, dtype).map_err(step_err)?
+            }
+        };
         let mut acc: Option<GradStore> = None;
         let mut step_loss = 0.0f64;
         for (part, chunk) in idx.chunks(micro).enumerate() {
@@ -861,8 +897,10 @@ pub fn train_generator(
                 .iter()
                 .map(|(ids, _)| (ids.len() + prefix_len) as u64)
                 .sum::<u64>();
-            let images = image_batch(&ex, chunk, &opts.device).map_err(step_err)?;
-            let (loss, n) = model
+            let images = image_batch(&ex, chunk, &opts.device)
+                .and_then(|t| t.to_dtype(dtype))
+                .map_err(step_err)?;
+            let (loss, n) = step_model
                 .loss(&images, seq_part, tok.end_id())
                 .map_err(step_err)?;
             let weight = n as f64 / step_targets as f64;
@@ -898,7 +936,15 @@ pub fn train_generator(
         }
         if let Some(v) = &val {
             if state.step % opts.eval_every.max(1) == 0 || state.step == total_steps {
-                if let Some(l) = validation_loss(&model, v, &store, &tok, micro, &opts.device)? {
+                let eval_model = match s.precision {
+                    Precision::F32 => model.clone(),
+                    Precision::Bf16 => {
+                        cast_model(&varmap, &lm_config, &gen_config, dtype).map_err(step_err)?
+                    }
+                };
+                if let Some(l) =
+                    validation_loss(&eval_model, v, &store, &tok, micro, &opts.device, dtype)?
+                {
                     state.validation_curve.push((state.step, l));
                 }
             }
