@@ -160,7 +160,13 @@ impl Progress {
             return None;
         }
         let entries = read_store(&dir.join(STORE_FILE)).ok()?;
-        let thumbs = read_thumbs(&dir.join(THUMBS_FILE)).ok()?;
+        let Ok(thumbs) = read_thumbs(&dir.join(THUMBS_FILE)) else {
+            tracing::warn!(
+                "{}: no readable thumbnails (saved by an older build); starting over",
+                dir.display()
+            );
+            return None;
+        };
         let bytes = std::fs::read(dir.join(PARTIAL_VECTORS)).ok()?;
         if state.dims == 0
             || bytes.len() != entries.len() * state.dims * 4
