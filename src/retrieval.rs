@@ -213,8 +213,8 @@ fn search_gallery(
 ) -> Result<PathBuf> {
     use evaluator::report::{write_search_page, Picture, SearchHit};
     let query = Picture::Png(thumbnail(&load_image(image)?));
-    let ids: Vec<&str> = set.neighbours.iter().map(|n| n.id.as_str()).collect();
-    let thumbs = retriever.thumbnails(&ids)?;
+    let data_ids: Vec<usize> = set.neighbours.iter().map(|n| n.data_id).collect();
+    let thumbs = retriever.thumbnails(&data_ids)?;
     let hits: Vec<SearchHit> = set
         .neighbours
         .iter()

@@ -253,6 +253,26 @@ const IMAGE_CHECK: &str = "<script>window.addEventListener('load',function(){\
 var im=document.images,ok=0;for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}\
 document.getElementById('image-check').textContent='images loaded: '+ok+' of '+im.length;});</script>";
 
+/// A page's head (title, style sheet) and its `<h1>`: the start every page here shares.
+fn page_start(title: &str) -> String {
+    let t = escape(title);
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n"
+    )
+}
+
+/// Ends page `h` with the image check and writes it as `dir/index.html`; returns its path.
+fn finish_page(dir: &Path, mut h: String) -> Result<PathBuf, ReportError> {
+    let _ = write!(
+        h,
+        "<p id=\"image-check\">images loaded: not checked (scripts off)</p>\n{IMAGE_CHECK}\n</body></html>\n"
+    );
+    let page = dir.join(PAGE);
+    std::fs::write(&page, h).map_err(io(&page))?;
+    Ok(page)
+}
+
 /// Writes `picture` as `img/NAME.png` and returns the cell's HTML.
 fn picture_cell(dir: &Path, name: &str, picture: &Picture) -> Result<String, ReportError> {
     Ok(match picture {
@@ -294,15 +314,13 @@ pub fn write_search_page(
     hits: &[SearchHit],
 ) -> Result<PathBuf, ReportError> {
     std::fs::create_dir_all(dir.join("img")).map_err(io(dir))?;
-    let mut h = String::new();
+    let mut h = page_start(title);
     let _ = write!(
         h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
-         <style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n<h2>Query</h2>\n{}\n\
+        "<h2>Query</h2>\n{}\n\
          <h2>Neighbours</h2>\n<table id=\"neighbours\"><tr><th>rank</th><th>score</th>\
          <th class=\"l\">id</th><th class=\"l\">thumbnail</th><th class=\"l\">code</th></tr>\n",
         picture_cell(dir, "query", query)?,
-        t = escape(title),
     );
     for hit in hits {
         let _ = writeln!(
@@ -319,13 +337,8 @@ pub fn write_search_page(
     if hits.is_empty() {
         h.push_str("<tr><td colspan=\"5\">no neighbour matches the filter</td></tr>\n");
     }
-    let _ = write!(
-        h,
-        "</table>\n<p id=\"image-check\">images loaded: not checked (scripts off)</p>\n{IMAGE_CHECK}\n</body></html>\n"
-    );
-    let page = dir.join("index.html");
-    std::fs::write(&page, h).map_err(io(&page))?;
-    Ok(page)
+    h.push_str("</table>\n");
+    finish_page(dir, h)
 }
 
 /// Writes the report into `dir` (created if needed): `index.html`, one histogram SVG per
@@ -333,14 +346,7 @@ pub fn write_search_page(
 pub fn write_report(dir: &Path, report: &Report) -> Result<PathBuf, ReportError> {
     std::fs::create_dir_all(dir.join("img")).map_err(io(dir))?;
     let p = &report.provenance;
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
-         <style>{STYLE}</style></head><body>\n<h1>{}</h1>\n",
-        escape(&p.title),
-        escape(&p.title)
-    );
+    let mut h = page_start(&p.title);
     h.push_str("<table>");
     for (k, v) in &p.setup {
         let _ = write!(
@@ -457,13 +463,8 @@ pub fn write_report(dir: &Path, report: &Report) -> Result<PathBuf, ReportError>
             escape(v)
         );
     }
-    let _ = write!(
-        h,
-        "</table>\n<p id=\"image-check\">images loaded: not checked (scripts off)</p>\n{IMAGE_CHECK}\n</body></html>\n"
-    );
-    let page = dir.join(PAGE);
-    std::fs::write(&page, h).map_err(io(&page))?;
-    Ok(page)
+    h.push_str("</table>\n");
+    finish_page(dir, h)
 }
 
 /// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian.

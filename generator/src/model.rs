@@ -806,6 +806,11 @@ mod tests {
             .collect()
     }
 
+    /// A tensor's values, flattened.
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
     /// Distinct unit-ish image vectors, one per program.
     fn images(dev: &Device) -> Tensor {
         let v: Vec<f32> = (0..32)
@@ -846,15 +851,8 @@ mod tests {
         write_json(&dir.path().join(GENERATOR_FILE), &config).unwrap();
         tok.save(&dir.path().join(TOKENIZER_FILE)).unwrap();
         let loaded = Generator::load(dir.path(), &dev).unwrap();
-        let logits = |m: &CodeModel| {
-            m.target_logits(&imgs, &seqs, tok.end_id())
-                .unwrap()
-                .0
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
+        let logits =
+            |m: &CodeModel| values(&m.target_logits(&imgs, &seqs, tok.end_id()).unwrap().0);
         assert!(
             logits(&model) == logits(&loaded.model),
             "{arch:?}: reloaded logits differ"
@@ -983,15 +981,8 @@ mod tests {
         init_weights(&varmap, 6, 2).unwrap();
         let copied = load_pretrained(&varmap, dir.path(), Arch::Gpt2).unwrap();
         let data = varmap.data().lock().unwrap();
-        let ours = |n: &str| {
-            data[n]
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        let theirs = |n: &str| hf[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ours = |n: &str| values(data[n].as_tensor());
+        let theirs = |n: &str| values(&hf[n]);
         assert_eq!(copied, hf.len());
         assert_eq!(
             ours("transformer.h.1.mlp.c_fc.weight"),
@@ -1082,15 +1073,8 @@ mod tests {
         let copied = load_pretrained(&varmap, dir.path(), Arch::Codet5).unwrap();
         assert_eq!(copied, hf.len() - 2, "all but the embed_tokens copies");
         let data = varmap.data().lock().unwrap();
-        let ours = |n: &str| {
-            data[n]
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        let theirs = |n: &str| hf[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ours = |n: &str| values(data[n].as_tensor());
+        let theirs = |n: &str| values(&hf[n]);
         let name = "decoder.block.1.layer.1.EncDecAttention.k.weight";
         assert_eq!(ours(name), theirs(name));
         let emb = ours("shared.weight");

@@ -532,13 +532,18 @@ fn length_grouped_order(lengths: &[usize], batch: usize, seed: u64, epoch: usize
     out
 }
 
-/// The image vectors of examples `idx`, [idx.len(), dims].
-fn image_batch(ex: &Examples, idx: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+/// The image vectors of examples `idx`, [idx.len(), dims], in the compute dtype.
+fn image_batch(
+    ex: &Examples,
+    idx: &[usize],
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Tensor> {
     let mut images = Vec::with_capacity(idx.len() * ex.dims);
     for &i in idx {
         images.extend_from_slice(&ex.images[i * ex.dims..(i + 1) * ex.dims]);
     }
-    Tensor::from_vec(images, (idx.len(), ex.dims), device)
+    Tensor::from_vec(images, (idx.len(), ex.dims), device)?.to_dtype(dtype)
 }
 
 /// Adds `grads` (scaled by `scale`) into `acc` for every variable.
@@ -601,9 +606,7 @@ fn validation_loss(
     let all: Vec<usize> = (0..ex.len()).collect();
     for idx in all.chunks(batch_size.max(1)) {
         let seqs = sequences(ex, idx, &vec![false; idx.len()], store, tok, &layout);
-        let images = image_batch(ex, idx, device)
-            .and_then(|t| t.to_dtype(dtype))
-            .map_err(err)?;
+        let images = image_batch(ex, idx, device, dtype).map_err(err)?;
         let (loss, n) = model.loss(&images, &seqs, tok.end_id()).map_err(err)?;
         sum += loss.to_scalar::<f32>().map_err(err)? as f64 * n as f64;
         count += n;
@@ -856,6 +859,12 @@ pub fn train_generator(
         })
         .collect();
     let step_err = |e| GeneratorError::candle("training step", e);
+    let dtype = s.precision.dtype();
+    // The model over the current weights: itself in f32, a fresh bf16 cast after each update.
+    let current_model = || match s.precision {
+        Precision::F32 => Ok(model.clone()),
+        Precision::Bf16 => cast_model(&varmap, &lm_config, &gen_config, dtype),
+    };
     while state.step < total_steps {
         if interrupt.load(Ordering::SeqCst) {
             interrupted = true;
@@ -882,13 +891,7 @@ pub fn train_generator(
         let seqs = sequences(&ex, idx, &drop, &store, &tok, &layout);
         let step_targets: usize = seqs.iter().map(|(ids, c)| ids.len() - c).sum();
         let lr = learning_rate(state.step, warmup, total_steps, s.lr);
-        let dtype = s.precision.dtype();
-        let step_model = match s.precision {
-            Precision::F32 => model.clone(),
-            Precision::Bf16 => {
-                cast_model(&varmap, &lm_config, &gen_config, dtype).map_err(step_err)?
-            }
-        };
+        let step_model = current_model().map_err(step_err)?;
         let mut acc: Option<GradStore> = None;
         let mut step_loss = 0.0f64;
         for (part, chunk) in idx.chunks(micro).enumerate() {
@@ -897,9 +900,7 @@ pub fn train_generator(
                 .iter()
                 .map(|(ids, _)| (ids.len() + prefix_len) as u64)
                 .sum::<u64>();
-            let images = image_batch(&ex, chunk, &opts.device)
-                .and_then(|t| t.to_dtype(dtype))
-                .map_err(step_err)?;
+            let images = image_batch(&ex, chunk, &opts.device, dtype).map_err(step_err)?;
             let (loss, n) = step_model
                 .loss(&images, seq_part, tok.end_id())
                 .map_err(step_err)?;
@@ -936,12 +937,7 @@ pub fn train_generator(
         }
         if let Some(v) = &val {
             if state.step % opts.eval_every.max(1) == 0 || state.step == total_steps {
-                let eval_model = match s.precision {
-                    Precision::F32 => model.clone(),
-                    Precision::Bf16 => {
-                        cast_model(&varmap, &lm_config, &gen_config, dtype).map_err(step_err)?
-                    }
-                };
+                let eval_model = current_model().map_err(step_err)?;
                 if let Some(l) =
                     validation_loss(&eval_model, v, &store, &tok, micro, &opts.device, dtype)?
                 {

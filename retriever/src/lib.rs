@@ -69,6 +69,9 @@ pub struct Neighbour {
     pub score: f32,
     /// The neighbour's CadQuery code.
     pub code: String,
+    /// Its row in this index's store (the HNSW data id): where its thumbnail is.
+    #[serde(skip)]
+    pub data_id: usize,
 }
 
 /// The answer to one query, with its timing split (embedding vs. search).
@@ -173,27 +176,13 @@ impl Retriever {
         &self.store
     }
 
-    /// PNG thumbnails of the entries with these corpus ids (read from `thumbs.bin` on demand);
-    /// `None` for an index built before thumbnails were stored. An id not in the index is a
-    /// [`IndexError::Corrupt`] naming it.
-    pub fn thumbnails(&self, ids: &[&str]) -> Result<Option<Vec<Vec<u8>>>, RetrieverError> {
+    /// PNG thumbnails of the entries at these data ids ([`Neighbour::data_id`]), read from
+    /// `thumbs.bin` on demand; `None` for an index built before thumbnails were stored.
+    pub fn thumbnails(&self, data_ids: &[usize]) -> Result<Option<Vec<Vec<u8>>>, RetrieverError> {
         if !self.manifest.files.contains_key(THUMBS_FILE) {
             return Ok(None);
         }
-        let path = self.dir.join(THUMBS_FILE);
-        let positions = ids
-            .iter()
-            .map(|id| {
-                self.store
-                    .iter()
-                    .position(|e| e.id == *id)
-                    .ok_or_else(|| IndexError::Corrupt {
-                        path: self.dir.join(STORE_FILE),
-                        message: format!("no entry with id {id}"),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(read_some(&path, &positions)?))
+        Ok(Some(read_some(&self.dir.join(THUMBS_FILE), data_ids)?))
     }
 
     /// Reads, converts (grey/RGBA/any size) and searches an image file.
@@ -246,13 +235,14 @@ impl Retriever {
         let search_seconds = t.elapsed().as_secs_f64();
         let neighbours = hits
             .into_iter()
-            .filter_map(|(id, score)| self.store.get(id).map(|e| (e, score)))
+            .filter_map(|(id, score)| self.store.get(id).map(|e| (id, e, score)))
             .enumerate()
-            .map(|(i, (e, score))| Neighbour {
+            .map(|(i, (data_id, e, score))| Neighbour {
                 rank: i + 1,
                 id: e.id.clone(),
                 score,
                 code: e.code.clone(),
+                data_id,
             })
             .collect();
         Ok(NeighbourSet {
