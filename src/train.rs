@@ -170,6 +170,16 @@ async fn train_clip_cmd(a: TrainClipArgs) -> Result<ExitCode> {
         if let Some(why) = &report.first_skip {
             println!("first skip     {why}");
         }
+        if let Some(c) = &st.code_tokens {
+            println!(
+                "code tokens    median {}, p75 {}, p90 {}; {:.0}% longer than the {}-token window",
+                c.median,
+                c.p75,
+                c.p90,
+                c.cut_share * 100.0,
+                c.window
+            );
+        }
         if let Some((_, loss)) = st.loss_curve.last() {
             println!("last loss      {loss:.4}");
         }

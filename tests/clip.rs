@@ -58,6 +58,17 @@ fn train_resume_index_and_search_with_a_trained_clip() {
     assert!(val["pairs"].as_u64().unwrap() >= 2, "{val}");
     let r1 = val["image_to_code_r1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&r1));
+    // The tiny text tower reads 127 tokens, four per position; the run says how much fits.
+    let config: serde_json::Value =
+        serde_json::from_slice(&file(&straight, "config.json")).unwrap();
+    assert_eq!(config["text_config"]["tokens_per_position"], 4);
+    let lengths = &state["code_tokens"];
+    assert_eq!(lengths["window"], 127, "{lengths}");
+    let (median, p90) = (
+        lengths["median"].as_u64().unwrap(),
+        lengths["p90"].as_u64().unwrap(),
+    );
+    assert!(median > 20 && median <= p90, "{lengths}");
     for f in [
         "config.json",
         "preprocessor_config.json",

@@ -76,6 +76,19 @@ pub struct TextConfig {
     pub layer_norm_eps: f64,
     /// The end-of-text id whose position gives the pooled text vector.
     pub eos_token_id: u32,
+    /// Consecutive tokens merged into one transformer position (concatenated, then projected
+    /// by `embeddings.token_merge`), so a long program costs the blocks a short one's time.
+    /// 1 (HF CLIP, and the default when the field is absent) merges nothing.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub tokens_per_position: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl Default for TextConfig {
@@ -90,6 +103,7 @@ impl Default for TextConfig {
             hidden_act: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
             eos_token_id: 49407,
+            tokens_per_position: 1,
         }
     }
 }
@@ -131,10 +145,11 @@ impl ClipConfig {
                 intermediate_size: 384,
                 num_attention_heads: 4,
                 num_hidden_layers: 2,
-                max_position_embeddings: 96,
+                max_position_embeddings: 384,
                 hidden_act: Activation::QuickGelu,
                 layer_norm_eps: 1e-5,
                 eos_token_id,
+                tokens_per_position: 4,
             },
             vision_config: VisionConfig {
                 hidden_size: 128,
@@ -177,6 +192,16 @@ impl ClipConfig {
         }
         if !(v.num_channels == 1 || v.num_channels == 3) {
             return Err(format!("num_channels {} (expected 1 or 3)", v.num_channels));
+        }
+        if t.tokens_per_position == 0
+            || !t
+                .max_position_embeddings
+                .is_multiple_of(t.tokens_per_position)
+        {
+            return Err(format!(
+                "text max_position_embeddings {} is not a multiple of tokens_per_position {}",
+                t.max_position_embeddings, t.tokens_per_position
+            ));
         }
         if (t.eos_token_id as usize) >= t.vocab_size {
             return Err(format!(
@@ -238,6 +263,10 @@ mod tests {
         assert_eq!(c.vision_config.num_hidden_layers, 12);
         assert_eq!(c.text_config.eos_token_id, 2);
         assert_eq!(c.vision_config.hidden_act, Activation::QuickGelu);
+        assert_eq!(c.text_config.tokens_per_position, 1);
+        assert!(!serde_json::to_string(&c)
+            .unwrap()
+            .contains("tokens_per_position"));
         c.validate().unwrap();
     }
 
@@ -250,5 +279,8 @@ mod tests {
         let mut c = ClipConfig::small(512, 600);
         c.text_config.eos_token_id = 600;
         assert!(c.validate().unwrap_err().contains("eos_token_id"));
+        let mut c = ClipConfig::small(512, 1);
+        c.text_config.tokens_per_position = 5;
+        assert!(c.validate().unwrap_err().contains("tokens_per_position"));
     }
 }

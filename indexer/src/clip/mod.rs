@@ -15,7 +15,9 @@ pub use checkpoint::CheckpointFiles;
 pub use config::{ClipConfig, PreprocessConfig};
 pub use model::Clip;
 pub use tokenizer::CodeTokenizer;
-pub use train::{train_clip, ClipSize, TrainOptions, TrainReport, TrainSettings, TrainingState};
+pub use train::{
+    train_clip, ClipSize, CodeLengths, TrainOptions, TrainReport, TrainSettings, TrainingState,
+};
 
 /// Errors of loading, training or running CLIP.
 #[derive(Debug, thiserror::Error)]

@@ -275,14 +275,16 @@ impl VisionTransformer {
     }
 }
 
-/// The text tower (`text_model`): tokens + positions, causal blocks, final norm, pooled at
-/// each sequence's end-of-text token.
+/// The text tower (`text_model`): tokens + positions (optionally merged several tokens to a
+/// position), causal blocks, final norm, pooled at each sequence's end-of-text position.
 #[derive(Debug, Clone)]
 struct TextTransformer {
     token_embedding: Tensor,
     position_embedding: Tensor,
     encoder: Encoder,
     final_layer_norm: LayerNorm,
+    /// `embeddings.token_merge` and the tokens it merges, when `tokens_per_position` > 1.
+    token_merge: Option<(Dense, usize)>,
     hidden: usize,
 }
 
@@ -311,6 +313,10 @@ impl TextTransformer {
                 vb.pp("encoder"),
             )?,
             final_layer_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            token_merge: match cfg.tokens_per_position {
+                1 => None,
+                m => Some((Dense::new(m * d, d, true, emb.pp("token_merge"))?, m)),
+            },
             hidden: d,
         })
     }
@@ -322,7 +328,17 @@ impl TextTransformer {
             .token_embedding
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, l, self.hidden))?;
-        let x = tokens.broadcast_add(&self.position_embedding.narrow(0, 0, l)?)?;
+        let mut x = tokens.broadcast_add(&self.position_embedding.narrow(0, 0, l)?)?;
+        let (mut l, mut eos) = (l, eos.clone());
+        if let Some((merge, m)) = &self.token_merge {
+            // Each position reads `m` consecutive tokens side by side; a sequence is pooled at
+            // the position holding its end token.
+            l /= m;
+            x = merge.forward(&x.reshape((b, l, m * self.hidden))?)?;
+            eos = (eos.to_dtype(DType::F32)? / *m as f64)?
+                .floor()?
+                .to_dtype(DType::U32)?;
+        }
         let x = self
             .encoder
             .forward(&x, Some(&causal_mask(l, ids.device())?))?;
@@ -453,6 +469,7 @@ mod tests {
         c.text_config.num_attention_heads = 2;
         c.text_config.num_hidden_layers = 2;
         c.text_config.max_position_embeddings = 12;
+        c.text_config.tokens_per_position = 1;
         c.projection_dim = 8;
         c
     }
@@ -465,18 +482,31 @@ mod tests {
         (pixels, ids, eos)
     }
 
+    /// [`tiny`] reading two tokens per text position.
+    fn tiny_merged() -> ClipConfig {
+        let mut c = tiny();
+        c.text_config.tokens_per_position = 2;
+        c
+    }
+
     #[test]
     fn gradients_reach_every_weight() {
+        // 2 towers x 2 blocks x 16 tensors + embeddings, norms, projections, logit_scale;
+        // merging tokens adds token_merge's weight and bias.
+        gradients_reach_every_weight_of(&tiny(), 2 * 2 * 16 + 7 + 4 + 2 + 1);
+        gradients_reach_every_weight_of(&tiny_merged(), 2 * 2 * 16 + 7 + 4 + 2 + 1 + 2);
+    }
+
+    fn gradients_reach_every_weight_of(config: &ClipConfig, tensors: usize) {
         let dev = Device::Cpu;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-        let clip = Clip::new(&tiny(), vb).unwrap();
+        let clip = Clip::new(config, vb).unwrap();
         let (pixels, ids, eos) = batch(&dev);
         let loss = clip.contrastive_loss(&pixels, &ids, &eos).unwrap();
         let grads = loss.backward().unwrap();
         let data = varmap.data().lock().unwrap();
-        // 2 towers x 2 blocks x 16 tensors + embeddings, norms, projections, logit_scale.
-        assert_eq!(data.len(), 2 * 2 * 16 + 7 + 4 + 2 + 1, "{:?}", data.keys());
+        assert_eq!(data.len(), tensors, "{:?}", data.keys());
         for (name, var) in data.iter() {
             let g = grads
                 .get(var.as_tensor())
@@ -495,27 +525,50 @@ mod tests {
         }
     }
 
-    #[test]
-    fn text_pooling_ignores_tokens_after_the_end() {
+    /// How far sequence `row`'s text vector moves when its tokens from `from` on are replaced.
+    fn text_shift(clip: &Clip, row: usize, from: usize) -> f32 {
         let dev = Device::Cpu;
-        let varmap = VarMap::new();
-        let clip = Clip::new(&tiny(), VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
         let (_, ids, eos) = batch(&dev);
         let a = clip.text_features(&ids, &eos).unwrap();
-        // Change everything after sequence 3's end (position 3): its vector must not move.
         let mut v = ids.to_vec2::<u32>().unwrap();
-        v[3][4..].iter_mut().for_each(|t| *t = 0);
-        let ids2 = Tensor::new(v, &dev).unwrap();
-        let b = clip.text_features(&ids2, &eos).unwrap();
-        let diff = (a.get(3).unwrap() - b.get(3).unwrap())
+        v[row][from..].iter_mut().for_each(|t| *t = 0);
+        let b = clip
+            .text_features(&Tensor::new(v, &dev).unwrap(), &eos)
+            .unwrap();
+        (a.get(row).unwrap() - b.get(row).unwrap())
             .unwrap()
             .abs()
             .unwrap()
             .max(0)
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff < 1e-5, "{diff}");
+            .unwrap()
+    }
+
+    #[test]
+    fn text_pooling_ignores_tokens_after_the_end() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let clip = Clip::new(&tiny(), VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        // Sequence 3 ends at position 3: what follows must not move its vector, what precedes must.
+        assert!(text_shift(&clip, 3, 4) < 1e-5);
+        assert!(text_shift(&clip, 3, 2) > 1e-4);
+    }
+
+    #[test]
+    fn merged_text_pooling_reads_up_to_the_ends_position() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let clip = Clip::new(
+            &tiny_merged(),
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        )
+        .unwrap();
+        // Sequence 2 ends at token 8, which shares position 4 with token 9: tokens from 10 on
+        // are outside its pooled position, tokens 8 and 9 inside, token 7 before it.
+        assert!(text_shift(&clip, 2, 10) < 1e-5);
+        assert!(text_shift(&clip, 2, 9) > 1e-4);
+        assert!(text_shift(&clip, 2, 7) > 1e-4);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The code side's tokenizer: byte-level BPE trained on the corpus's code (tokenizers crate),
 //! applied to a compact view of the code (comments dropped, numbers at 3 significant digits)
-//! so 128 tokens hold most parts' whole program instead of the first sketch's float digits.
+//! so the text window holds programs rather than float digits (`rag train clip` reports how
+//! many programs still exceed it).
 
 use std::path::Path;
 
@@ -94,6 +95,17 @@ impl CodeTokenizer {
     /// Token ids of `code`'s view, cut to `len - 1`, then the end token, padded with end tokens
     /// to `len`; returns (ids, position of the first end token).
     pub fn encode(&self, code: &str, len: usize) -> Result<(Vec<u32>, u32), TokenizerError> {
+        self.encode_counted(code, len)
+            .map(|(ids, eos, _)| (ids, eos))
+    }
+
+    /// [`CodeTokenizer::encode`], plus the view's token count before the cut (how much of the
+    /// program the window holds).
+    pub fn encode_counted(
+        &self,
+        code: &str,
+        len: usize,
+    ) -> Result<(Vec<u32>, u32, usize), TokenizerError> {
         let enc = self
             .inner
             .encode(code_view(code), false)
@@ -101,7 +113,7 @@ impl CodeTokenizer {
         let mut ids: Vec<u32> = enc.get_ids().iter().copied().take(len - 1).collect();
         let eos = ids.len() as u32;
         ids.resize(len, self.end_id);
-        Ok((ids, eos))
+        Ok((ids, eos, enc.get_ids().len()))
     }
 
     /// Number of tokens of `code`'s view (before truncation), for sizing reports.

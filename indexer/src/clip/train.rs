@@ -133,6 +133,46 @@ pub struct TrainingState {
     pub loss_curve: Vec<(usize, f64)>,
     /// Final held-out figures (set when the run finishes and the corpus has a validation split).
     pub validation: Option<Validation>,
+    /// How long the training pairs' code views are against the text window (absent in runs
+    /// started before it was recorded).
+    #[serde(default)]
+    pub code_tokens: Option<CodeLengths>,
+}
+
+/// Token counts of the training code views, so a run says how much of each program the text
+/// tower reads.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CodeLengths {
+    /// Tokens the window holds before its end token.
+    pub window: usize,
+    /// Median tokens per program.
+    pub median: usize,
+    /// 75th percentile.
+    pub p75: usize,
+    /// 90th percentile.
+    pub p90: usize,
+    /// Share of programs longer than the window (cut).
+    pub cut_share: f64,
+}
+
+impl CodeLengths {
+    /// Percentiles of `lengths` against a window of `window` tokens; none for no programs.
+    pub fn of(lengths: &[u32], window: usize) -> Option<Self> {
+        if lengths.is_empty() {
+            return None;
+        }
+        let mut sorted = lengths.to_vec();
+        sorted.sort_unstable();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] as usize;
+        Some(CodeLengths {
+            window,
+            median: at(0.5),
+            p75: at(0.75),
+            p90: at(0.9),
+            cut_share: sorted.iter().filter(|l| **l as usize > window).count() as f64
+                / sorted.len() as f64,
+        })
+    }
 }
 
 impl TrainingState {
@@ -168,6 +208,8 @@ struct Pairs {
     images: Vec<u8>,
     tokens: Vec<u32>,
     ends: Vec<u32>,
+    /// Token count of each pair's code view before the cut.
+    lengths: Vec<u32>,
     side: usize,
     len: usize,
     hash: String,
@@ -229,6 +271,7 @@ fn read_pairs(
         images: Vec::new(),
         tokens: Vec::new(),
         ends: Vec::new(),
+        lengths: Vec::new(),
         side,
         len,
         hash: String::new(),
@@ -265,7 +308,8 @@ fn read_pairs(
         for (row, thumb) in chunk.iter().zip(thumbs) {
             match thumb {
                 Ok(t) => {
-                    let (ids, end) = tokenizer.encode(&row.cadquery, len)?;
+                    let (ids, end, full) = tokenizer.encode_counted(&row.cadquery, len)?;
+                    out.lengths.push(full as u32);
                     out.images
                         .extend(t.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8));
                     out.tokens.extend(ids);
@@ -298,15 +342,16 @@ fn model_config(size: ClipSize, tokenizer: &CodeTokenizer) -> ClipConfig {
         t.intermediate_size = 64;
         t.num_hidden_layers = 1;
         t.num_attention_heads = 2;
-        t.max_position_embeddings = 64;
+        t.max_position_embeddings = 128;
         c.projection_dim = 32;
     }
     c
 }
 
 /// Seeded initial weights by role (our RNG: candle's CPU generator cannot be seeded): norms'
-/// scales 1, biases 0, embeddings N(0, 0.02), matrices and patch kernels N(0, 1/sqrt(fan_in)),
-/// the temperature at its configured start.
+/// scales 1, biases 0, embeddings (token, position, class, and the patch kernel) N(0, 0.02),
+/// other matrices (`token_merge` included) N(0, 1/sqrt(fan_in)), the temperature at its
+/// configured start.
 fn seeded_init(varmap: &VarMap, seed: u64, config: &ClipConfig) -> Result<(), ClipError> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut names: Vec<&String> = data.keys().collect();
@@ -323,7 +368,7 @@ fn seeded_init(varmap: &VarMap, seed: u64, config: &ClipConfig) -> Result<(), Cl
         } else if name.contains("norm") {
             vec![1.0; n]
         } else {
-            let std = if name.contains("embedding") {
+            let std = if name.contains("embedding") && !name.contains("token_merge") {
                 0.02
             } else {
                 let fan_in: usize = shape.dims()[1..].iter().product();
@@ -412,7 +457,12 @@ pub fn train_clip(
         tok.save(&tok_path)?;
         tok
     };
-    let config = model_config(s.size, &tokenizer);
+    // A resumed run keeps the shapes it started with, even if this build's defaults moved on.
+    let config: ClipConfig = if resume.is_some() {
+        read_json(&opts.out.join(CONFIG_FILE))?
+    } else {
+        model_config(s.size, &tokenizer)
+    };
     config.validate().map_err(ClipError::Settings)?;
     let pre = PreprocessConfig::small();
     let side = config.vision_config.image_size;
@@ -468,10 +518,12 @@ pub fn train_clip(
                 seconds: 0.0,
                 loss_curve: Vec::new(),
                 validation: None,
+                code_tokens: None,
             }
         }
     };
     let resumed_from = state.step;
+    state.code_tokens = CodeLengths::of(&pairs.lengths, len - 1);
 
     progress.set_length(total_steps as u64);
     progress.set_position(state.step as u64);
@@ -618,6 +670,15 @@ fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_lengths_give_percentiles_and_the_share_cut() {
+        let lengths: Vec<u32> = (1..=100).collect();
+        let c = CodeLengths::of(&lengths, 80).unwrap();
+        assert_eq!((c.median, c.p75, c.p90, c.window), (51, 75, 90, 80));
+        assert!((c.cut_share - 0.2).abs() < 1e-12);
+        assert_eq!(CodeLengths::of(&[], 80), None);
+    }
 
     #[test]
     fn epoch_orders_are_permutations_that_differ_by_epoch_and_repeat_by_seed() {
