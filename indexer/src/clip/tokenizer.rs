@@ -115,14 +115,6 @@ impl CodeTokenizer {
         ids.resize(len, self.end_id);
         Ok((ids, eos, enc.get_ids().len()))
     }
-
-    /// Number of tokens of `code`'s view (before truncation), for sizing reports.
-    pub fn count(&self, code: &str) -> usize {
-        self.inner
-            .encode(code_view(code), false)
-            .map(|e| e.get_ids().len())
-            .unwrap_or(0)
-    }
 }
 
 /// The code as the text tower reads it: comment lines dropped and every decimal number

@@ -368,7 +368,9 @@ fn seeded_init(varmap: &VarMap, seed: u64, config: &ClipConfig) -> Result<(), Cl
         } else if name.contains("norm") {
             vec![1.0; n]
         } else {
-            let std = if name.contains("embedding") && !name.contains("token_merge") {
+            // Embedding tables by their own name, not their `embeddings.` module, which also
+            // holds the token_merge projection.
+            let std = if name.ends_with("embedding") || name.ends_with("embedding.weight") {
                 0.02
             } else {
                 let fan_in: usize = shape.dims()[1..].iter().product();
