@@ -1,4 +1,4 @@
-//! The data-engine commands: `render`, `dataset synth|info|style`, `bench render|synth`.
+//! The data-engine commands: `render`, `dataset synth|info|style|shapes`, `bench render|synth`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +12,7 @@ use evaluator::render::{encode_png, render_part};
 use evaluator::{reference, Wants};
 use indexer::corpus::{CorpusReader, Split};
 use indexer::dialect::DialectStats;
+use indexer::shapes::compute_shapes;
 use indexer::synth::{synthesize, SynthConfig};
 
 use crate::{start_pool, PoolArgs};
@@ -48,6 +49,22 @@ pub enum DatasetCommand {
         /// Output PNG.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Execute every program of a split once and store its shape signature (surface voxels in
+    /// its principal frame), the shape-similarity target of `rag train clip --shape-weight`.
+    Shapes {
+        /// Corpus folder.
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Where the signature chunks go (default: <corpus>/shapes); rerun to resume.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        pool: PoolArgs,
     },
     /// Render the eight reference samples' code and compare with the real images.
     Style {
@@ -115,6 +132,13 @@ pub async fn dataset(cmd: DatasetCommand) -> Result<ExitCode> {
             json,
         } => info(&dir, check_images, json),
         DatasetCommand::Style { out } => style(&out).await,
+        DatasetCommand::Shapes {
+            corpus,
+            split,
+            out,
+            json,
+            pool,
+        } => shapes(&corpus, &split, out, json, &pool).await,
         DatasetCommand::Gallery {
             dir,
             split,
@@ -148,6 +172,47 @@ pub(crate) async fn synth_cmd(args: &SynthArgs, json: bool) -> Result<ExitCode> 
             report.seconds, report.rows_per_second
         );
         println!("corpus         {}", args.out.display());
+    }
+    if report.interrupted {
+        eprintln!("interrupted: rerun the same command to resume");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shapes(
+    corpus: &Path,
+    split: &str,
+    out: Option<PathBuf>,
+    json: bool,
+    pool: &PoolArgs,
+) -> Result<ExitCode> {
+    let split: Split = split.parse()?;
+    let reader = CorpusReader::open(corpus)?;
+    if reader.num_rows(split) == 0 {
+        bail!("{}: the corpus has no {split} rows", corpus.display());
+    }
+    let out = out.unwrap_or_else(|| corpus.join("shapes"));
+    let pool = start_pool(pool).await?;
+    let interrupt = crate::interrupt_flag();
+    let bar = crate::progress_bar(reader.num_rows(split) as u64);
+    let report = compute_shapes(pool, &reader, split, &out, &bar, &interrupt).await?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "rows           {} ({} computed, {} already stored)",
+            report.rows, report.computed, report.resumed
+        );
+        println!("no signature   {}", report.failed);
+        println!("mean voxels    {:.0}", report.mean_voxels);
+        println!(
+            "seconds        {:.1} ({:.1} rows/s)",
+            report.seconds,
+            report.computed as f64 / report.seconds.max(1e-9)
+        );
+        println!("signatures     {}", out.display());
     }
     if report.interrupted {
         eprintln!("interrupted: rerun the same command to resume");

@@ -219,7 +219,7 @@ pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
 
 /// The one progress style of long jobs: bar, counts, elapsed < ETA, rate, and the job's
 /// current message (stage, loss).
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(len: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -72,6 +72,11 @@ impl NormalisedMesh {
             axes: [[a[0], a[1], a[2]], [a[3], a[4], a[5]], [a[6], a[7], a[8]]],
         })
     }
+
+    /// Vertices, triangles and principal axes (columns).
+    pub(crate) fn parts(&self) -> (&[[f64; 3]], &[[u32; 3]], &Mat3) {
+        (&self.vertices, &self.triangles, &self.axes)
+    }
 }
 
 fn mat_mul(a: &Mat3, b: &Mat3) -> Mat3 {
@@ -126,6 +131,11 @@ fn key(p: &[f64; 3], inv_pitch: f64) -> u64 {
         k = (k << 21) | (((i + KEY_BIAS) & KEY_MASK) as u64);
     }
     k
+}
+
+/// The voxel indices a key of [`surface_voxels`] packs.
+pub(crate) fn unpack_key(k: u64) -> [i64; 3] {
+    [2, 1, 0].map(|shift| ((k >> (shift * 21)) as i64 & KEY_MASK) - KEY_BIAS)
 }
 
 /// A small direct-mapped memory of recently seen keys: the lattice of a sliver triangle
@@ -241,7 +251,7 @@ pub fn surface_voxels(
 }
 
 /// |a ∩ b| / |a ∪ b| of two sorted, deduplicated key lists.
-pub fn set_iou(a: &[u64], b: &[u64]) -> f64 {
+pub fn set_iou<K: Ord>(a: &[K], b: &[K]) -> f64 {
     let (mut i, mut j, mut inter) = (0, 0, 0usize);
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
@@ -313,9 +323,14 @@ mod tests {
     }
 
     #[test]
+    fn keys_unpack_to_their_voxel_indices() {
+        assert_eq!(unpack_key(key(&[0.1, -0.25, 3.0], 20.0)), [2, -5, 60]);
+    }
+
+    #[test]
     fn set_iou_counts_overlap() {
         assert_eq!(set_iou(&[1, 2, 3, 4], &[3, 4, 5, 6]), 2.0 / 6.0);
-        assert_eq!(set_iou(&[], &[]), 0.0);
+        assert_eq!(set_iou::<u64>(&[], &[]), 0.0);
         assert_eq!(set_iou(&[7], &[7]), 1.0);
     }
 

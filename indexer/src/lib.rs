@@ -5,4 +5,5 @@ pub mod corpus;
 pub mod dialect;
 pub mod encoder;
 pub mod index;
+pub mod shapes;
 pub mod synth;
