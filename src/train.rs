@@ -69,6 +69,16 @@ pub struct TrainClipArgs {
     /// Stop after N steps in this call (checkpointed; rerun to continue).
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Weight of the shape loss (0: off): also pulls together the image embeddings of parts
+    /// whose solids agree, from the signatures of `rag dataset shapes`.
+    #[arg(long, default_value_t = 0.0)]
+    shape_weight: f64,
+    /// Temperature of the shape target (softmax over signature similarities, 0..1).
+    #[arg(long, default_value_t = TrainSettings::default().shape_temperature)]
+    shape_temperature: f64,
+    /// Shape signatures of the train split (default: <corpus>/shapes).
+    #[arg(long)]
+    shapes: Option<PathBuf>,
     /// cpu, or cuda (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -146,11 +156,14 @@ async fn train_clip_cmd(a: TrainClipArgs) -> Result<ExitCode> {
             seed: a.seed,
             vocab: a.vocab,
             limit: a.limit,
+            shape_weight: a.shape_weight,
+            shape_temperature: a.shape_temperature,
         },
         checkpoint_every: a.checkpoint_every,
         device: device(&a.device)?,
         validation_limit: a.validation,
         max_steps: a.max_steps,
+        shapes: a.shapes.clone(),
     };
     let report = run_training(
         format!("training CLIP into {}", a.out.display()),
@@ -183,6 +196,9 @@ async fn train_clip_cmd(a: TrainClipArgs) -> Result<ExitCode> {
         if let Some((_, loss)) = st.loss_curve.last() {
             println!("last loss      {loss:.4}");
         }
+        if let Some((_, loss)) = st.shape_loss_curve.last() {
+            println!("shape loss     {loss:.4}");
+        }
         println!(
             "speed          {:.1} pairs/s this run, {:.1} min in all",
             report.pairs_per_second,
@@ -197,6 +213,14 @@ async fn train_clip_cmd(a: TrainClipArgs) -> Result<ExitCode> {
                 v.code_to_image_r1,
                 v.loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into())
             );
+            if let Some(agreement) = v.neighbour_shape {
+                println!(
+                    "neighbour shape {agreement:.4} (signature similarity of each validation image's nearest; pixel baseline {})",
+                    v.pixel_neighbour_shape
+                        .map(|p| format!("{p:.4}"))
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
         }
     }
     Ok(ending(

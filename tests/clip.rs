@@ -182,3 +182,80 @@ fn train_resume_index_and_search_with_a_trained_clip() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("config.json"), "{}", stderr(&bad));
 }
+
+#[test]
+fn shape_signatures_feed_the_shape_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    synth_corpus(&corpus, "40", "9", "0.1", "0.1");
+    let n_train = CorpusReader::open(&corpus).unwrap().num_rows(Split::Train);
+    let out = tmp.path().join("shaped");
+    let mut args = train_args(&corpus, &out, "2");
+    args.extend(["--shape-weight", "1"]);
+
+    // A negative weight is refused before anything is read.
+    let mut negative = train_args(&corpus, &out, "2");
+    negative.push("--shape-weight=-1");
+    let refused = rag(&negative);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--shape-weight must be 0 (off) or positive"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // Without signatures the run says which command makes them.
+    let missing = rag(&args);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("rag dataset shapes"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let shapes = ["dataset", "shapes", "--corpus", s(&corpus), "--json"];
+    let first = ok_json(&rag(&shapes));
+    assert_eq!(first["rows"], n_train);
+    assert_eq!(first["computed"], n_train);
+    assert_eq!(first["failed"], 0, "synthetic programs all run: {first}");
+    assert!(first["mean_voxels"].as_f64().unwrap() > 50.0, "{first}");
+    assert!(corpus.join("shapes/train-00000.parquet").is_file());
+    // A rerun finds them stored and executes nothing.
+    let again = ok_json(&rag(&shapes));
+    assert_eq!(
+        (again["resumed"].clone(), again["computed"].clone()),
+        (n_train.into(), 0.into())
+    );
+
+    // With the validation split's signatures too, validation says how alike each held-out
+    // image's nearest neighbour is.
+    ok_json(&rag(&[
+        "dataset",
+        "shapes",
+        "--corpus",
+        s(&corpus),
+        "--split",
+        "validation",
+        "--json",
+    ]));
+    let report = ok_json(&rag(&args));
+    let state = &report["state"];
+    assert_eq!(state["settings"]["shape_weight"], 1.0);
+    let agreement = state["validation"]["neighbour_shape"].as_f64().unwrap();
+    assert!(agreement > 0.0 && agreement <= 1.0, "{state}");
+    let pixel = state["validation"]["pixel_neighbour_shape"]
+        .as_f64()
+        .unwrap();
+    assert!(pixel > 0.0 && pixel <= 1.0, "{state}");
+    let curve = state["shape_loss_curve"].as_array().unwrap();
+    assert!(!curve.is_empty(), "{state}");
+    for point in curve {
+        let l = point[1].as_f64().unwrap();
+        assert!(l.is_finite() && l > 0.0 && l < 50.0, "{point}");
+    }
+    assert_eq!(
+        state["loss_curve"].as_array().unwrap().len(),
+        curve.len(),
+        "both losses are logged at the same steps"
+    );
+}

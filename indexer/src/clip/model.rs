@@ -428,13 +428,39 @@ impl Clip {
     /// The symmetric InfoNCE loss of a batch of matching (image, code) pairs: cross-entropy of
     /// each image against all codes of the batch and of each code against all images.
     pub fn contrastive_loss(&self, pixels: &Tensor, ids: &Tensor, eos: &Tensor) -> Result<Tensor> {
+        let img = l2_normalise(&self.image_features(pixels)?)?;
+        self.infonce(&img, ids, eos)
+    }
+
+    /// The training losses of a batch from one pass of the image tower: the contrastive loss
+    /// and, when a shape target is given, [`shape_loss`] of the same image embeddings.
+    pub fn training_losses(
+        &self,
+        pixels: &Tensor,
+        ids: &Tensor,
+        eos: &Tensor,
+        shape: Option<&ShapeTarget>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let img = l2_normalise(&self.image_features(pixels)?)?;
+        let contrastive = self.infonce(&img, ids, eos)?;
+        let shape = match shape {
+            Some(t) => Some(shape_loss(&img, &self.temperature()?, t)?),
+            None => None,
+        };
+        Ok((contrastive, shape))
+    }
+
+    /// exp(logit_scale) capped at 100 as in CLIP.
+    fn temperature(&self) -> Result<Tensor> {
         let scale = self.logit_scale.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("no logit_scale in a vision-only CLIP".into())
         })?;
-        let img = l2_normalise(&self.image_features(pixels)?)?;
+        scale.exp()?.clamp(0f32, 100f32)
+    }
+
+    fn infonce(&self, img: &Tensor, ids: &Tensor, eos: &Tensor) -> Result<Tensor> {
         let txt = l2_normalise(&self.text_features(ids, eos)?)?;
-        // exp(logit_scale) capped at 100 as in CLIP.
-        let temperature = scale.exp()?.clamp(0f32, 100f32)?;
+        let temperature = self.temperature()?;
         let logits = img.matmul(&txt.t()?)?.broadcast_mul(&temperature)?;
         let n = logits.dim(0)?;
         let eye = Tensor::eye(n, DType::F32, logits.device())?;
@@ -444,6 +470,31 @@ impl Clip {
         };
         (ce(&logits)? + ce(&logits.t()?)?)? * 0.5
     }
+}
+
+/// For each image of a batch, the share of its attention each other image of the batch should
+/// get, from how alike their solids are: rows sum to 1, or are all 0 for an image without a
+/// target; the diagonal is 0.
+#[derive(Debug, Clone)]
+pub struct ShapeTarget {
+    /// [batch, batch] target distribution.
+    pub weights: Tensor,
+    /// Rows that carry a target.
+    pub rows: usize,
+}
+
+/// Cross-entropy between each image's softmax over the other images' cosine similarities
+/// (times `scale`, the model's own contrastive temperature) and its [`ShapeTarget`] row,
+/// averaged over rows with a target: it pulls together the embeddings of parts whose shapes
+/// agree, whatever their code.
+pub fn shape_loss(img: &Tensor, scale: &Tensor, target: &ShapeTarget) -> Result<Tensor> {
+    let n = img.dim(0)?;
+    let eye = Tensor::eye(n, DType::F32, img.device())?;
+    let logits = (img.matmul(&img.t()?)?.broadcast_mul(scale)? - eye.affine(1e4, 0.0)?)?;
+    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    (lp * &target.weights)?
+        .sum_all()?
+        .affine(-1.0 / target.rows.max(1) as f64, 0.0)
 }
 
 /// Rows scaled to unit length (differentiable).
@@ -487,6 +538,27 @@ mod tests {
         let mut c = tiny();
         c.text_config.tokens_per_position = 2;
         c
+    }
+
+    #[test]
+    fn shape_loss_is_lowest_when_embeddings_follow_the_target() {
+        let dev = Device::Cpu;
+        // image 0's target is image 1, image 1's is image 0, image 2 has none
+        let weights =
+            Tensor::new(&[[0f32, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], &dev).unwrap();
+        let target = ShapeTarget { weights, rows: 2 };
+        let loss = |rows: &[[f32; 2]; 3]| {
+            let img = l2_normalise(&Tensor::new(rows, &dev).unwrap()).unwrap();
+            let scale = Tensor::new(20f32, &dev).unwrap();
+            shape_loss(&img, &scale, &target)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let follows = loss(&[[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]]);
+        let crossed = loss(&[[1.0, 0.0], [-1.0, 0.0], [1.0, 0.1]]);
+        assert!(follows < 0.01, "{follows}");
+        assert!(crossed > 10.0, "{crossed}");
     }
 
     #[test]

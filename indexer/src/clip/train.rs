@@ -14,13 +14,18 @@ use super::checkpoint::{
     TRAINING_FILE,
 };
 use super::config::{ClipConfig, PreprocessConfig};
-use super::model::{l2_normalise, Clip};
+use super::model::{l2_normalise, Clip, ShapeTarget};
 use super::optim::{learning_rate, AdamW};
 use super::tokenizer::CodeTokenizer;
 use super::ClipError;
 use crate::corpus::{CorpusReader, Split};
-use crate::encoder::{ink_thumbnail, parallel_map, to_rgb_on_white, Fnv1a64};
+use crate::encoder::{
+    ink_thumbnail, parallel_map, to_rgb_on_white, Fnv1a64, ImageEncoder, PixelEncoder,
+    PIXEL_DEFAULT_SIDE,
+};
+use crate::shapes::ShapeSet;
 use crate::synth::rng::Rng;
+use evaluator::ShapeSignature;
 
 /// Version of the training state file; another version is refused on resume.
 pub const TRAINING_FORMAT: u32 = 1;
@@ -56,6 +61,21 @@ pub struct TrainSettings {
     pub vocab: usize,
     /// Use only the first N training pairs.
     pub limit: Option<usize>,
+    /// Weight of the shape loss next to the contrastive one (0: off); needs the train split's
+    /// shape signatures (`rag dataset shapes`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shape_weight: f64,
+    /// Temperature of the shape target: the softmax over signature similarities (0..1).
+    #[serde(default = "default_shape_temperature")]
+    pub shape_temperature: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn default_shape_temperature() -> f64 {
+    0.05
 }
 
 impl Default for TrainSettings {
@@ -70,6 +90,8 @@ impl Default for TrainSettings {
             seed: 0,
             vocab: 2048,
             limit: None,
+            shape_weight: 0.0,
+            shape_temperature: default_shape_temperature(),
         }
     }
 }
@@ -91,6 +113,9 @@ pub struct TrainOptions {
     pub validation_limit: usize,
     /// Stop (checkpointed, resumable) after this many steps in this call.
     pub max_steps: Option<usize>,
+    /// Shape signatures of the train split (default `<corpus>/shapes`); read only when the
+    /// shape loss is on.
+    pub shapes: Option<PathBuf>,
 }
 
 /// Held-out retrieval quality: for each validation image, the rank of its own code among all
@@ -108,6 +133,14 @@ pub struct Validation {
     /// Contrastive loss on the validation pairs (batches of the training size; none when
     /// there are fewer pairs than one batch).
     pub loss: Option<f64>,
+    /// Mean shape-signature similarity between each validation image and its nearest other
+    /// validation image by embedding (what image retrieval hands on), when the validation
+    /// split has signatures (`rag dataset shapes --split validation`).
+    #[serde(default)]
+    pub neighbour_shape: Option<f64>,
+    /// The same figure for the pixel baseline's embedding (the encoder to beat).
+    #[serde(default)]
+    pub pixel_neighbour_shape: Option<f64>,
 }
 
 /// The `training.json` of a checkpoint: settings, progress and the loss curve.
@@ -129,8 +162,11 @@ pub struct TrainingState {
     pub total_steps: usize,
     /// Seconds spent training, over all sessions.
     pub seconds: f64,
-    /// (step, mean loss over the steps since the previous point).
+    /// (step, mean contrastive loss over the steps since the previous point).
     pub loss_curve: Vec<(usize, f64)>,
+    /// (step, mean shape loss) at the same points, when the shape loss is on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shape_loss_curve: Vec<(usize, f64)>,
     /// Final held-out figures (set when the run finishes and the corpus has a validation split).
     pub validation: Option<Validation>,
     /// How long the training pairs' code views are against the text window (absent in runs
@@ -205,6 +241,8 @@ pub struct TrainReport {
 
 /// Image and code of every pair, ready for batching: ink thumbnails as bytes, token ids.
 struct Pairs {
+    /// Corpus id of each pair.
+    ids: Vec<String>,
     images: Vec<u8>,
     tokens: Vec<u32>,
     ends: Vec<u32>,
@@ -268,6 +306,7 @@ fn read_pairs(
     progress.set_position(0);
     progress.set_message(format!("reading {split} pairs"));
     let mut out = Pairs {
+        ids: Vec::new(),
         images: Vec::new(),
         tokens: Vec::new(),
         ends: Vec::new(),
@@ -314,6 +353,7 @@ fn read_pairs(
                         .extend(t.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8));
                     out.tokens.extend(ids);
                     out.ends.push(end);
+                    out.ids.push(row.deepcad_id.clone());
                     hash.update_str(&row.deepcad_id);
                     hash.update_str(&row.cadquery);
                 }
@@ -413,6 +453,18 @@ pub fn train_clip(
     if s.epochs == 0 {
         return Err(ClipError::Settings("--epochs must be at least 1".into()));
     }
+    if !(s.shape_weight >= 0.0 && s.shape_weight.is_finite()) {
+        return Err(ClipError::Settings(format!(
+            "--shape-weight must be 0 (off) or positive, not {}",
+            s.shape_weight
+        )));
+    }
+    if !(s.shape_temperature > 0.0 && s.shape_temperature.is_finite()) {
+        return Err(ClipError::Settings(format!(
+            "--shape-temperature must be positive, not {}",
+            s.shape_temperature
+        )));
+    }
     let reader = CorpusReader::open(&opts.corpus)?;
     let available = reader.num_rows(Split::Train);
     if available == 0 {
@@ -485,6 +537,29 @@ pub fn train_clip(
             s.batch
         )));
     }
+    let shapes_dir = opts
+        .shapes
+        .clone()
+        .unwrap_or_else(|| opts.corpus.join("shapes"));
+    let signatures = if s.shape_weight > 0.0 {
+        let dir = &shapes_dir;
+        progress.set_message("reading shape signatures");
+        let set =
+            ShapeSet::load(dir, Split::Train).map_err(|e| ClipError::Settings(e.to_string()))?;
+        let aligned: Vec<Option<ShapeSignature>> =
+            pairs.ids.iter().map(|id| set.get(id).cloned()).collect();
+        let have = aligned.iter().filter(|s| s.is_some()).count();
+        if have * 2 < pairs.count() {
+            return Err(ClipError::Settings(format!(
+                "{}: shape signatures for only {have} of {} training pairs; rerun `rag dataset shapes` on this corpus",
+                dir.display(),
+                pairs.count()
+            )));
+        }
+        Some(aligned)
+    } else {
+        None
+    };
     let steps_per_epoch = pairs.count() / s.batch;
     let total_steps = steps_per_epoch * s.epochs;
     let warmup = ((total_steps as f64 * s.warmup_fraction).round() as usize).max(1);
@@ -519,6 +594,7 @@ pub fn train_clip(
                 total_steps,
                 seconds: 0.0,
                 loss_curve: Vec::new(),
+                shape_loss_curve: Vec::new(),
                 validation: None,
                 code_tokens: None,
             }
@@ -535,6 +611,7 @@ pub fn train_clip(
     let seconds_before = state.seconds;
     let mut interrupted = false;
     let mut window = (0.0f64, 0usize);
+    let mut shape_window = (0.0f64, 0usize);
     let mut order_epoch = usize::MAX;
     let mut order = Vec::new();
     while state.step < total_steps {
@@ -558,11 +635,30 @@ pub fn train_clip(
         let (px, ids, ends) = pairs.batch(idx, &pre, &opts.device)?;
         let lr = learning_rate(state.step, warmup, total_steps, s.lr);
         let step_err = |e| ClipError::candle("training step", e);
-        let loss = clip.contrastive_loss(&px, &ids, &ends).map_err(step_err)?;
+        let target = match &signatures {
+            Some(sigs) => {
+                let batch_sigs: Vec<Option<&ShapeSignature>> =
+                    idx.iter().map(|&i| sigs[i].as_ref()).collect();
+                shape_target(&batch_sigs, s.shape_temperature, &opts.device)?
+            }
+            None => None,
+        };
+        let (contrastive, shape) = clip
+            .training_losses(&px, &ids, &ends, target.as_ref())
+            .map_err(step_err)?;
+        let loss = match &shape {
+            Some(sl) => (&contrastive + sl.affine(s.shape_weight, 0.0).map_err(step_err)?)
+                .map_err(step_err)?,
+            None => contrastive.clone(),
+        };
         let grads = loss.backward().map_err(step_err)?;
         optimizer.step(&grads, lr).map_err(step_err)?;
-        let l = loss.to_scalar::<f32>().map_err(step_err)? as f64;
-        if !l.is_finite() {
+        let l = contrastive.to_scalar::<f32>().map_err(step_err)? as f64;
+        if let Some(sl) = &shape {
+            shape_window.0 += sl.to_scalar::<f32>().map_err(step_err)? as f64;
+            shape_window.1 += 1;
+        }
+        if !(l + shape_window.0).is_finite() {
             return Err(ClipError::Diverged {
                 step: state.step,
                 lr,
@@ -575,11 +671,15 @@ pub fn train_clip(
             state
                 .loss_curve
                 .push((state.step, window.0 / window.1 as f64));
-            progress.set_message(format!(
-                "loss {:.3}  lr {lr:.2e}",
-                window.0 / window.1 as f64
-            ));
+            let mut message = format!("loss {:.3}", window.0 / window.1 as f64);
+            if shape_window.1 > 0 {
+                let mean = shape_window.0 / shape_window.1 as f64;
+                state.shape_loss_curve.push((state.step, mean));
+                message.push_str(&format!("  shape {mean:.3}"));
+            }
+            progress.set_message(format!("{message}  lr {lr:.2e}"));
             window = (0.0, 0);
+            shape_window = (0.0, 0);
         }
         progress.set_position(state.step as u64);
         if state.step % opts.checkpoint_every.max(1) == 0 && state.step < total_steps {
@@ -599,7 +699,13 @@ pub fn train_clip(
             progress,
         )?;
         if val.count() >= 2 {
-            state.validation = Some(validate(&clip, &val, &pre, s.batch, &opts.device)?);
+            let shapes = ShapeSet::load(&shapes_dir, Split::Validation).ok();
+            let mut v = validate(&clip, &val, &pre, s.batch, &opts.device, shapes.as_ref())?;
+            if let Some(set) = &shapes {
+                progress.set_message("pixel baseline on the validation pairs");
+                v.pixel_neighbour_shape = pixel_neighbour_agreement(&reader, &val, set);
+            }
+            state.validation = Some(v);
         }
     }
     save_run(&opts.out, &varmap, &optimizer, &state)?;
@@ -617,6 +723,118 @@ pub fn train_clip(
     })
 }
 
+/// Mean signature similarity between each item and its most similar other item by `sim`
+/// (rows and columns in `ids` order); items without a signature are left out.
+fn neighbour_agreement(sim: &[Vec<f32>], ids: &[String], set: &ShapeSet) -> Option<f64> {
+    let mut agreement = (0.0, 0usize);
+    for (i, row) in sim.iter().enumerate() {
+        let nearest = (0..row.len())
+            .filter(|j| *j != i)
+            .max_by(|a, b| row[*a].total_cmp(&row[*b]));
+        if let (Some(j), Some(a)) = (nearest, set.get(&ids[i])) {
+            if let Some(b) = set.get(&ids[j]) {
+                agreement.0 += a.similarity(b);
+                agreement.1 += 1;
+            }
+        }
+    }
+    (agreement.1 > 0).then(|| agreement.0 / agreement.1 as f64)
+}
+
+/// [`neighbour_agreement`] of the pixel baseline's embedding over the same validation rows,
+/// so a run's figure has its yardstick beside it.
+fn pixel_neighbour_agreement(reader: &CorpusReader, val: &Pairs, set: &ShapeSet) -> Option<f64> {
+    let wanted: std::collections::HashSet<&str> = val.ids.iter().map(|s| s.as_str()).collect();
+    let rows: Vec<_> = reader
+        .rows(Split::Validation)
+        .flatten()
+        .filter(|r| wanted.contains(r.deepcad_id.as_str()))
+        .collect();
+    let encoder = PixelEncoder::new(PIXEL_DEFAULT_SIDE);
+    let vectors = parallel_map(&rows, |r| {
+        r.decode_image()
+            .ok()
+            .and_then(|img| encoder.encode(&img).ok())
+    });
+    let (ids, vectors): (Vec<String>, Vec<Vec<f32>>) = rows
+        .iter()
+        .zip(vectors)
+        .filter_map(|(r, v)| v.map(|v| (r.deepcad_id.clone(), v)))
+        .unzip();
+    let sim: Vec<Vec<f32>> = parallel_map(&vectors, |a| {
+        vectors
+            .iter()
+            .map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum())
+            .collect()
+    });
+    neighbour_agreement(&sim, &ids, set)
+}
+
+/// The batch's [`ShapeTarget`]: row i is the softmax over the other images j (with a
+/// signature) of similarity(i, j) / `temperature`; images without a signature get no row and
+/// no share. None when fewer than two images of the batch have a signature.
+fn shape_target(
+    sigs: &[Option<&ShapeSignature>],
+    temperature: f64,
+    device: &Device,
+) -> Result<Option<ShapeTarget>, ClipError> {
+    let n = sigs.len();
+    if sigs.iter().filter(|s| s.is_some()).count() < 2 {
+        return Ok(None);
+    }
+    // similarities of the upper triangle, computed on all cores, mirrored below
+    let rows: Vec<usize> = (0..n).collect();
+    let upper = parallel_map(&rows, |&i| -> Vec<f64> {
+        (i + 1..n)
+            .map(|j| match (sigs[i], sigs[j]) {
+                (Some(a), Some(b)) => a.similarity(b),
+                _ => f64::NAN,
+            })
+            .collect()
+    });
+    let mut sim = vec![f64::NAN; n * n];
+    for (i, row) in upper.iter().enumerate() {
+        for (k, v) in row.iter().enumerate() {
+            let j = i + 1 + k;
+            sim[i * n + j] = *v;
+            sim[j * n + i] = *v;
+        }
+    }
+    let mut weights = vec![0f32; n * n];
+    let mut with_target = 0;
+    for i in 0..n {
+        let row = &sim[i * n..(i + 1) * n];
+        let best = row
+            .iter()
+            .filter(|v| !v.is_nan())
+            .fold(f64::NEG_INFINITY, |m, v| m.max(*v));
+        if sigs[i].is_none() || best == f64::NEG_INFINITY {
+            continue;
+        }
+        let e: Vec<f64> = row
+            .iter()
+            .map(|v| {
+                if v.is_nan() {
+                    0.0
+                } else {
+                    ((v - best) / temperature).exp()
+                }
+            })
+            .collect();
+        let total: f64 = e.iter().sum();
+        for (w, v) in weights[i * n..(i + 1) * n].iter_mut().zip(&e) {
+            *w = (v / total) as f32;
+        }
+        with_target += 1;
+    }
+    let weights = Tensor::from_vec(weights, (n, n), device)
+        .map_err(|e| ClipError::candle("building the shape target", e))?;
+    Ok(Some(ShapeTarget {
+        weights,
+        rows: with_target,
+    }))
+}
+
 /// Retrieval ranks on held-out pairs (all against all) and the mean batch loss.
 fn validate(
     clip: &Clip,
@@ -624,6 +842,7 @@ fn validate(
     pre: &PreprocessConfig,
     batch: usize,
     device: &Device,
+    shapes: Option<&ShapeSet>,
 ) -> Result<Validation, ClipError> {
     let e = |e| ClipError::candle("validation", e);
     let n = val.count();
@@ -650,6 +869,17 @@ fn validate(
         .map_err(e)?
         .to_vec2()
         .map_err(e)?;
+    let neighbour_shape = match shapes {
+        Some(set) => {
+            let image_sim: Vec<Vec<f32>> = img
+                .matmul(&img.t().map_err(e)?)
+                .map_err(e)?
+                .to_vec2()
+                .map_err(e)?;
+            neighbour_agreement(&image_sim, &val.ids, set)
+        }
+        None => None,
+    };
     let rank = |row: &[f32], own: usize| row.iter().filter(|v| **v > row[own]).count();
     let mut i2t = (0usize, 0usize);
     let mut t2i = 0usize;
@@ -666,12 +896,71 @@ fn validate(
         image_to_code_r5: i2t.1 as f64 / n as f64,
         code_to_image_r1: t2i as f64 / n as f64,
         loss: (loss.1 > 0).then(|| loss.0 / loss.1 as f64),
+        neighbour_shape,
+        pixel_neighbour_shape: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sig(keys: &[u32]) -> ShapeSignature {
+        ShapeSignature::from_keys(keys.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn shape_targets_favour_alike_parts_and_skip_parts_without_a_signature() {
+        let base = 3 << 20 | 3 << 10;
+        let a = sig(&[base + 1, base + 2, base + 3, base + 4]);
+        let near = sig(&[base + 1, base + 2, base + 3, base + 5]);
+        let far = sig(&[base + 100, base + 101, base + 102]);
+        let sigs = [Some(&a), Some(&near), Some(&far), None];
+        let t = shape_target(&sigs, 0.05, &Device::Cpu).unwrap().unwrap();
+        assert_eq!(t.rows, 3);
+        let w: Vec<Vec<f32>> = t.weights.to_vec2().unwrap();
+        for (i, row) in w.iter().enumerate().take(3) {
+            assert!(
+                (row.iter().sum::<f32>() - 1.0).abs() < 1e-5,
+                "row {i}: {row:?}"
+            );
+            assert_eq!(row[i], 0.0);
+            assert_eq!(row[3], 0.0, "no share for a part without a signature");
+        }
+        assert!(w[0][1] > 0.99 && w[1][0] > 0.99, "{w:?}");
+        assert!(w[3].iter().all(|v| *v == 0.0));
+        // far is alike to neither: its share is split evenly
+        assert!((w[2][0] - 0.5).abs() < 1e-5 && (w[2][1] - 0.5).abs() < 1e-5);
+        assert!(shape_target(&[Some(&a), None], 0.05, &Device::Cpu)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn neighbour_agreement_scores_each_items_nearest_by_the_embedding() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = 3 << 20 | 3 << 10;
+        let rows = vec![
+            ("a".to_string(), Ok(sig(&[base + 1, base + 2]))),
+            ("b".to_string(), Ok(sig(&[base + 1, base + 3]))),
+            ("c".to_string(), Ok(sig(&[base + 50]))),
+        ];
+        crate::shapes::write_chunk(
+            &crate::shapes::chunk_path(dir.path(), Split::Train, 0),
+            &rows,
+        )
+        .unwrap();
+        let set = ShapeSet::load(dir.path(), Split::Train).unwrap();
+        let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        // a and b see each other first (similarity 1/3), c sees a (0)
+        let sim = vec![
+            vec![1.0, 0.9, 0.1],
+            vec![0.9, 1.0, 0.2],
+            vec![0.5, 0.4, 1.0],
+        ];
+        let got = neighbour_agreement(&sim, &ids, &set).unwrap();
+        assert!((got - 2.0 / 9.0).abs() < 1e-12, "{got}");
+    }
 
     #[test]
     fn code_lengths_give_percentiles_and_the_share_cut() {
