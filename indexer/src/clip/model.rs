@@ -590,8 +590,12 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
+            // A key bias adds q.b to every logit of a query's row, which softmax cancels: its
+            // gradient is 0 in exact arithmetic and only rounding makes it non-zero (exactly 0
+            // in some random inits), so it must reach the bias but may vanish.
+            let may_vanish = name.ends_with("k_proj.bias");
             assert!(
-                norm > 0.0 && norm.is_finite(),
+                norm.is_finite() && (norm > 0.0 || may_vanish),
                 "{name}: gradient norm {norm}"
             );
         }
