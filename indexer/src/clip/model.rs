@@ -335,9 +335,12 @@ impl TextTransformer {
             // the position holding its end token.
             l /= m;
             x = merge.forward(&x.reshape((b, l, m * self.hidden))?)?;
-            eos = (eos.to_dtype(DType::F32)? / *m as f64)?
-                .floor()?
-                .to_dtype(DType::U32)?;
+            let positions: Vec<u32> = eos
+                .to_vec1::<u32>()?
+                .iter()
+                .map(|e| e / *m as u32)
+                .collect();
+            eos = Tensor::new(positions, eos.device())?;
         }
         let x = self
             .encoder
