@@ -7,7 +7,7 @@
 //! in their principal frames instead of one rotated onto the other.
 
 use crate::protocol::{Mesh, Props};
-use crate::shell::{set_iou, surface_voxels, NormalisedMesh, ShellError, SIGN_PATTERNS};
+use crate::shell::{set_iou, surface_voxels, transpose, NormalisedMesh, ShellError, SIGN_PATTERNS};
 
 /// Voxel pitch of a signature, in units of the part's radius of gyration.
 pub const SIGNATURE_PITCH: f64 = 0.1;
@@ -51,13 +51,7 @@ impl ShapeSignature {
         let normalised = NormalisedMesh::new(mesh, props)?;
         let (vertices, triangles, axes) = normalised.parts();
         // coordinates in the principal frame: axes^T v (the axes are columns)
-        let mut to_frame = [[0.0; 3]; 3];
-        for (i, row) in to_frame.iter_mut().enumerate() {
-            for (j, cell) in row.iter_mut().enumerate() {
-                *cell = axes[j][i];
-            }
-        }
-        let wide = surface_voxels(vertices, triangles, &to_frame, SIGNATURE_PITCH);
+        let wide = surface_voxels(vertices, triangles, &transpose(axes), SIGNATURE_PITCH);
         let mut keys: Vec<u32> = wide
             .iter()
             .map(|k| pack(crate::shell::unpack_key(*k)))

@@ -89,7 +89,7 @@ fn mat_mul(a: &Mat3, b: &Mat3) -> Mat3 {
     out
 }
 
-fn transpose(a: &Mat3) -> Mat3 {
+pub(crate) fn transpose(a: &Mat3) -> Mat3 {
     let mut out = [[0.0; 3]; 3];
     for (i, row) in out.iter_mut().enumerate() {
         for (j, cell) in row.iter_mut().enumerate() {

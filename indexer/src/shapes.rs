@@ -22,7 +22,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use crate::corpus::{CorpusError, CorpusReader, Split};
+use crate::corpus::{tmp_path, CorpusError, CorpusReader, Split};
 
 /// Rows per stored chunk (the unit of resume).
 pub const CHUNK_ROWS: usize = 1000;
@@ -90,9 +90,7 @@ pub fn write_chunk(path: &Path, rows: &[(String, ShapeOutcome)]) -> Result<(), S
     }
     let columns: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(status), Arc::new(voxels.finish())];
     let batch = RecordBatch::try_new(schema(), columns).map_err(|e| file_err(path, e))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = tmp_path(path);
     let props = WriterProperties::builder()
         .set_key_value_metadata(Some(vec![KeyValue::new(
             PITCH_KEY.to_string(),

@@ -542,17 +542,16 @@ pub fn train_clip(
         .clone()
         .unwrap_or_else(|| opts.corpus.join("shapes"));
     let signatures = if s.shape_weight > 0.0 {
-        let dir = &shapes_dir;
         progress.set_message("reading shape signatures");
-        let set =
-            ShapeSet::load(dir, Split::Train).map_err(|e| ClipError::Settings(e.to_string()))?;
+        let set = ShapeSet::load(&shapes_dir, Split::Train)
+            .map_err(|e| ClipError::Settings(e.to_string()))?;
         let aligned: Vec<Option<ShapeSignature>> =
             pairs.ids.iter().map(|id| set.get(id).cloned()).collect();
         let have = aligned.iter().filter(|s| s.is_some()).count();
         if have * 2 < pairs.count() {
             return Err(ClipError::Settings(format!(
                 "{}: shape signatures for only {have} of {} training pairs; rerun `rag dataset shapes` on this corpus",
-                dir.display(),
+                shapes_dir.display(),
                 pairs.count()
             )));
         }
@@ -654,17 +653,21 @@ pub fn train_clip(
         let grads = loss.backward().map_err(step_err)?;
         optimizer.step(&grads, lr).map_err(step_err)?;
         let l = contrastive.to_scalar::<f32>().map_err(step_err)? as f64;
-        if let Some(sl) = &shape {
-            shape_window.0 += sl.to_scalar::<f32>().map_err(step_err)? as f64;
-            shape_window.1 += 1;
-        }
-        if !(l + shape_window.0).is_finite() {
+        let shape_l = match &shape {
+            Some(sl) => Some(sl.to_scalar::<f32>().map_err(step_err)? as f64),
+            None => None,
+        };
+        if !l.is_finite() || shape_l.is_some_and(|v| !v.is_finite()) {
             return Err(ClipError::Diverged {
                 step: state.step,
                 lr,
             });
         }
         state.step += 1;
+        if let Some(v) = shape_l {
+            shape_window.0 += v;
+            shape_window.1 += 1;
+        }
         window.0 += l;
         window.1 += 1;
         if window.1 == 10 || state.step == total_steps {

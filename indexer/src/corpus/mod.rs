@@ -22,6 +22,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use error::CorpusError;
+pub(crate) use parquet_io::tmp_path;
 pub use parquet_io::{hf_schema, shard_name, write_shard, ShardWriter, SHARD_COMPRESSION};
 
 /// Rows per record batch when streaming a parquet split: bounds memory on 147k-row splits.

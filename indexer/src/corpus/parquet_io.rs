@@ -470,7 +470,7 @@ impl Iterator for ParquetRows {
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-fn tmp_path(path: &Path) -> PathBuf {
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".tmp");
     PathBuf::from(s)
