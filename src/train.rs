@@ -10,7 +10,7 @@ use clap::{Subcommand, ValueEnum};
 use generator::model::Arch;
 use generator::train::Precision;
 use generator::{train_generator, GenSize, GenTrainOptions, GenTrainSettings};
-use indexer::clip::{device, train_clip, ClipSize, TrainOptions, TrainSettings};
+use indexer::clip::{device, train_clip, ClipSize, ImageTowerKind, TrainOptions, TrainSettings};
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
@@ -28,6 +28,12 @@ enum SizeArg {
     Tiny,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ImageTowerArg {
+    Vit,
+    Conv,
+}
+
 #[derive(clap::Args)]
 pub struct TrainClipArgs {
     /// Corpus folder (train split learned, validation split measured at the end).
@@ -39,6 +45,9 @@ pub struct TrainClipArgs {
     /// Model size: small (default) or tiny (smoke tests).
     #[arg(long, value_enum, default_value_t = SizeArg::Small)]
     size: SizeArg,
+    /// Image tower: the ViT of HF CLIP (default) or a small convolutional net.
+    #[arg(long, value_enum, default_value_t = ImageTowerArg::Vit)]
+    image_tower: ImageTowerArg,
     /// Passes over the training pairs.
     #[arg(long, default_value_t = TrainSettings::default().epochs)]
     epochs: usize,
@@ -147,6 +156,10 @@ async fn train_clip_cmd(a: TrainClipArgs) -> Result<ExitCode> {
             size: match a.size {
                 SizeArg::Small => ClipSize::Small,
                 SizeArg::Tiny => ClipSize::Tiny,
+            },
+            image_tower: match a.image_tower {
+                ImageTowerArg::Vit => ImageTowerKind::Vit,
+                ImageTowerArg::Conv => ImageTowerKind::Conv,
             },
             epochs: a.epochs,
             batch: a.batch,

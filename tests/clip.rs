@@ -259,3 +259,83 @@ fn shape_signatures_feed_the_shape_loss() {
         "both losses are logged at the same steps"
     );
 }
+
+#[test]
+fn the_conv_image_tower_trains_resumes_and_indexes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus");
+    synth_corpus(&corpus, "40", "13", "0.1", "0.1");
+    let reader = CorpusReader::open(&corpus).unwrap();
+    let n_train = reader.num_rows(Split::Train);
+    let conv_args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = train_args(&corpus, out, "2")
+            .into_iter()
+            .map(String::from)
+            .collect();
+        a.extend(["--image-tower".into(), "conv".into()]);
+        a
+    };
+    let run = |args: &[String]| rag(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let straight = tmp.path().join("straight");
+    let report = ok_json(&run(&conv_args(&straight)));
+    assert_eq!(report["state"]["settings"]["image_tower"], "conv");
+    let config: serde_json::Value =
+        serde_json::from_slice(&file(&straight, "config.json")).unwrap();
+    assert_eq!(
+        config["vision_config"]["conv_widths"],
+        serde_json::json!([8, 16, 32]),
+        "{config}"
+    );
+    assert!(
+        report["state"]["validation"]["image_to_code_r1"].is_f64(),
+        "{report}"
+    );
+
+    // Stopped and resumed: the same weights as the straight run; the ViT on a conv run's
+    // folder is refused as other settings.
+    let split = tmp.path().join("split");
+    let mut first = conv_args(&split);
+    first.extend(["--max-steps".into(), "1".into()]);
+    assert_eq!(ok_json(&run(&first))["state"]["step"], 1);
+    let vit = rag(&train_args(&corpus, &split, "2"));
+    assert!(!vit.status.success());
+    assert!(stderr(&vit).contains("other settings"), "{}", stderr(&vit));
+    ok_json(&run(&conv_args(&split)));
+    assert!(
+        file(&split, "model.safetensors") == file(&straight, "model.safetensors"),
+        "the resumed conv run differs from the straight one"
+    );
+
+    // The index reads the conv tower from config.json alone.
+    let index = tmp.path().join("index");
+    let build = ok_json(&rag(&[
+        "index",
+        "build",
+        "--corpus",
+        s(&corpus),
+        "--encoder",
+        s(&straight),
+        "--out",
+        s(&index),
+        "--json",
+    ]));
+    assert_eq!(build["vectors"], n_train);
+    let row = reader.rows(Split::Train).nth(1).unwrap().unwrap();
+    let query = tmp.path().join("query.png");
+    std::fs::write(&query, &row.image_png).unwrap();
+    let found = ok_json(&rag(&[
+        "search",
+        s(&query),
+        "--index",
+        s(&index),
+        "--json",
+        "-k",
+        "2",
+    ]));
+    let top = &found["neighbours"][0];
+    assert!(
+        top["score"].as_f64().unwrap() > 0.999,
+        "an indexed image finds itself: {found}"
+    );
+}

@@ -36,6 +36,23 @@ pub struct VisionConfig {
     pub hidden_act: Activation,
     /// Layer-norm epsilon.
     pub layer_norm_eps: f64,
+    /// Non-empty: a convolutional image tower instead of the ViT (ours; HF CLIP has none), one
+    /// stage per entry with that many channels, each halving the side; the last map is
+    /// flattened and projected to `hidden_size`. Absent from a ViT's config.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conv_widths: Vec<usize>,
+}
+
+impl VisionConfig {
+    /// Whether the image tower is the convolutional one rather than the ViT.
+    pub fn is_conv(&self) -> bool {
+        !self.conv_widths.is_empty()
+    }
+
+    /// Side of the convolutional tower's last feature map.
+    pub fn conv_map_side(&self) -> usize {
+        self.image_size >> self.conv_widths.len()
+    }
 }
 
 impl Default for VisionConfig {
@@ -50,6 +67,7 @@ impl Default for VisionConfig {
             num_channels: 3,
             hidden_act: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
+            conv_widths: Vec::new(),
         }
     }
 }
@@ -161,10 +179,22 @@ impl ClipConfig {
                 num_channels: 1,
                 hidden_act: Activation::QuickGelu,
                 layer_norm_eps: 1e-5,
+                conv_widths: Vec::new(),
             },
             projection_dim: 128,
             logit_scale_init_value: (1.0f64 / 0.07).ln(),
         }
+    }
+
+    /// The small CLIP with the convolutional image tower: a 64 px grey input through five
+    /// stride-2 stages (16 to 256 channels, a residual 3x3 convolution in all but the first) to
+    /// a 2x2 map, projected to width 128; it learns the shape loss far faster than the ViT, at
+    /// about 1.5x its time per CPU step (README: measured).
+    pub fn small_conv(vocab_size: usize, eos_token_id: u32) -> Self {
+        let mut c = Self::small(vocab_size, eos_token_id);
+        c.vision_config.image_size = 64;
+        c.vision_config.conv_widths = vec![16, 32, 64, 128, 256];
+        c
     }
 
     /// Checks the shapes fit together (heads divide widths, patches tile the image), so a bad
@@ -172,7 +202,22 @@ impl ClipConfig {
     pub fn validate(&self) -> Result<(), String> {
         let v = &self.vision_config;
         let t = &self.text_config;
-        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
+        if v.is_conv() {
+            let stages = v.conv_widths.len();
+            if stages >= usize::BITS as usize
+                || v.conv_map_side() == 0
+                || !v.image_size.is_multiple_of(1 << stages)
+            {
+                return Err(format!(
+                    "image_size {} cannot be halved {stages} times (one per conv_widths entry)",
+                    v.image_size
+                ));
+            }
+            if v.conv_widths.contains(&0) {
+                return Err("conv_widths has a stage of 0 channels".into());
+            }
+        } else if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads)
+        {
             return Err(format!(
                 "vision hidden_size {} is not a multiple of num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
@@ -184,7 +229,7 @@ impl ClipConfig {
                 t.hidden_size, t.num_attention_heads
             ));
         }
-        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
+        if !v.is_conv() && (v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size)) {
             return Err(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size
@@ -282,5 +327,24 @@ mod tests {
         let mut c = ClipConfig::small(512, 1);
         c.text_config.tokens_per_position = 5;
         assert!(c.validate().unwrap_err().contains("tokens_per_position"));
+        let mut c = ClipConfig::small_conv(512, 1);
+        c.validate().unwrap();
+        assert_eq!(c.vision_config.conv_map_side(), 2);
+        c.vision_config.image_size = 48;
+        assert!(c.validate().unwrap_err().contains("halved 5 times"));
+        let mut c = ClipConfig::small_conv(512, 1);
+        c.vision_config.conv_widths[2] = 0;
+        assert!(c.validate().unwrap_err().contains("0 channels"));
+    }
+
+    #[test]
+    fn conv_widths_are_written_only_for_the_conv_tower() {
+        let vit = serde_json::to_string(&ClipConfig::small(512, 1)).unwrap();
+        assert!(!vit.contains("conv_widths"));
+        let conv = ClipConfig::small_conv(512, 1);
+        let text = serde_json::to_string(&conv).unwrap();
+        assert!(text.contains("\"conv_widths\":[16,32,64,128,256]"));
+        let back: ClipConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, conv);
     }
 }

@@ -16,7 +16,8 @@ pub use config::{ClipConfig, PreprocessConfig};
 pub use model::Clip;
 pub use tokenizer::CodeTokenizer;
 pub use train::{
-    train_clip, ClipSize, CodeLengths, TrainOptions, TrainReport, TrainSettings, TrainingState,
+    train_clip, ClipSize, CodeLengths, ImageTowerKind, TrainOptions, TrainReport, TrainSettings,
+    TrainingState,
 };
 
 /// Errors of loading, training or running CLIP.

@@ -275,6 +275,118 @@ impl VisionTransformer {
     }
 }
 
+/// A 3x3 convolution with padding 1 (`weight` [out, in, 3, 3], `bias` [out]).
+#[derive(Debug, Clone)]
+struct Conv3x3 {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv3x3 {
+    fn new(inp: usize, out: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Conv3x3 {
+            weight: vb.get_with_hints(
+                (out, inp, 3, 3),
+                "weight",
+                candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            )?,
+            bias: vb.get_with_hints(out, "bias", Init::Const(0.0))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, stride: usize) -> Result<Tensor> {
+        let out = self.weight.dim(0)?;
+        x.conv2d(&self.weight, 1, stride, 1, 1)?
+            .broadcast_add(&self.bias.reshape((1, out, 1, 1))?)
+    }
+}
+
+/// One stage of the convolutional tower: a stride-2 convolution that halves the side and sets
+/// the width (`down`), then, in all but the first stage, a residual stride-1 one (`mix`).
+#[derive(Debug, Clone)]
+struct ConvStage {
+    down: Conv3x3,
+    mix: Option<Conv3x3>,
+}
+
+/// The convolutional image tower (`vision_model` with `conv_widths`): stages of 3x3
+/// convolutions down to a small map, which is flattened (so where a feature lies still
+/// counts, as it does for the framed renders) and projected to the width, then normalised.
+#[derive(Debug, Clone)]
+struct ConvTower {
+    stages: Vec<ConvStage>,
+    head: Dense,
+    post_layernorm: LayerNorm,
+    act: Activation,
+}
+
+impl ConvTower {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let mut stages = Vec::with_capacity(cfg.conv_widths.len());
+        let mut channels = cfg.num_channels;
+        for (i, &width) in cfg.conv_widths.iter().enumerate() {
+            let vb = vb.pp(format!("stages.{i}"));
+            stages.push(ConvStage {
+                down: Conv3x3::new(channels, width, vb.pp("down"))?,
+                mix: if i == 0 {
+                    None
+                } else {
+                    Some(Conv3x3::new(width, width, vb.pp("mix"))?)
+                },
+            });
+            channels = width;
+        }
+        let side = cfg.conv_map_side();
+        Ok(ConvTower {
+            stages,
+            head: Dense::new(channels * side * side, cfg.hidden_size, true, vb.pp("head"))?,
+            post_layernorm: LayerNorm::new(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                vb.pp("post_layernorm"),
+            )?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    /// `pixels`: [batch, channels, side, side] -> pooled [batch, hidden].
+    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let mut x = pixels.clone();
+        for stage in &self.stages {
+            x = activate(self.act, &stage.down.forward(&x, 2)?)?;
+            if let Some(mix) = &stage.mix {
+                x = (&x + activate(self.act, &mix.forward(&x, 1)?)?)?;
+            }
+        }
+        let x = x.flatten_from(1)?;
+        self.post_layernorm.forward(&self.head.forward(&x)?)
+    }
+}
+
+/// The image tower a config names: HF's ViT or our convolutional one.
+#[derive(Debug, Clone)]
+enum ImageTower {
+    Vit(VisionTransformer),
+    Conv(ConvTower),
+}
+
+impl ImageTower {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(if cfg.is_conv() {
+            ImageTower::Conv(ConvTower::new(cfg, vb)?)
+        } else {
+            ImageTower::Vit(VisionTransformer::new(cfg, vb)?)
+        })
+    }
+
+    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        match self {
+            ImageTower::Vit(t) => t.forward(pixels),
+            ImageTower::Conv(t) => t.forward(pixels),
+        }
+    }
+}
+
 /// The text tower (`text_model`): tokens + positions (optionally merged several tokens to a
 /// position), causal blocks, final norm, pooled at each sequence's end-of-text position.
 #[derive(Debug, Clone)]
@@ -364,7 +476,7 @@ fn causal_mask(len: usize, device: &Device) -> Result<Tensor> {
 /// temperature `logit_scale`.
 #[derive(Debug, Clone)]
 pub struct Clip {
-    vision: VisionTransformer,
+    vision: ImageTower,
     visual_projection: Dense,
     text: Option<(TextTransformer, Dense)>,
     logit_scale: Option<Tensor>,
@@ -396,7 +508,7 @@ impl Clip {
     /// index needs, so a checkpoint's text weights are never read.
     pub fn vision_only(config: &ClipConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Clip {
-            vision: VisionTransformer::new(&config.vision_config, vb.pp("vision_model"))?,
+            vision: ImageTower::new(&config.vision_config, vb.pp("vision_model"))?,
             visual_projection: Dense::new(
                 config.vision_config.hidden_size,
                 config.projection_dim,
@@ -543,6 +655,74 @@ mod tests {
         c
     }
 
+    /// [`tiny`] with a two-stage convolutional image tower (16 px -> 4 px map).
+    fn tiny_conv() -> ClipConfig {
+        let mut c = tiny();
+        c.vision_config.conv_widths = vec![4, 8];
+        c
+    }
+
+    #[test]
+    fn conv_tower_gradients_match_finite_differences() {
+        // candle's strided conv2d backward is checked here, not assumed: every weight of a
+        // two-stage tower (stride 2 and the residual stride 1), in f64, against central
+        // differences of a fixed linear read-out of the features.
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
+        let mut cfg = tiny_conv().vision_config;
+        cfg.hidden_act = Activation::Gelu;
+        let tower = ConvTower::new(&cfg, vb).unwrap();
+        let pixels = Tensor::randn(0f64, 1f64, (2, 1, 16, 16), &dev).unwrap();
+        let readout = Tensor::randn(0f64, 1f64, (2, cfg.hidden_size), &dev).unwrap();
+        let objective = || -> f64 {
+            (tower.forward(&pixels).unwrap() * &readout)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let grads = (tower.forward(&pixels).unwrap() * &readout)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let data = varmap.data().lock().unwrap();
+        assert_eq!(data.len(), 10, "{:?}", data.keys());
+        let eps = 1e-5;
+        for (name, var) in data.iter() {
+            let analytic: Vec<f64> = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient reaches {name}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let start: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let shape = var.shape().clone();
+            for i in (0..start.len()).step_by(start.len().div_ceil(5)) {
+                let at = |delta: f64| {
+                    let mut w = start.clone();
+                    w[i] += delta;
+                    var.set(&Tensor::from_vec(w, shape.clone(), &dev).unwrap())
+                        .unwrap();
+                    objective()
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                var.set(&Tensor::from_vec(start.clone(), shape.clone(), &dev).unwrap())
+                    .unwrap();
+                let tolerance = 1e-5 * (1.0 + numeric.abs());
+                assert!(
+                    (numeric - analytic[i]).abs() < tolerance,
+                    "{name}[{i}]: candle {} vs finite difference {numeric}",
+                    analytic[i]
+                );
+            }
+        }
+    }
+
     #[test]
     fn shape_loss_is_lowest_when_embeddings_follow_the_target() {
         let dev = Device::Cpu;
@@ -570,6 +750,8 @@ mod tests {
         // merging tokens adds token_merge's weight and bias.
         gradients_reach_every_weight_of(&tiny(), 2 * 2 * 16 + 7 + 4 + 2 + 1);
         gradients_reach_every_weight_of(&tiny_merged(), 2 * 2 * 16 + 7 + 4 + 2 + 1 + 2);
+        // the conv tower: 2 stages (down; down + mix) + head + post norm = 10 tensors
+        gradients_reach_every_weight_of(&tiny_conv(), 2 * 16 + 10 + 4 + 2 + 1);
     }
 
     fn gradients_reach_every_weight_of(config: &ClipConfig, tensors: usize) {

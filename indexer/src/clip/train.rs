@@ -40,11 +40,29 @@ pub enum ClipSize {
     Tiny,
 }
 
+/// Image towers `rag train clip --image-tower` offers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageTowerKind {
+    /// HF CLIP's ViT (48 px, 8 px patches at the small size).
+    #[default]
+    Vit,
+    /// Our convolutional tower ([`ClipConfig::small_conv`]: 64 px, five stride-2 stages).
+    Conv,
+}
+
+fn is_vit(kind: &ImageTowerKind) -> bool {
+    *kind == ImageTowerKind::Vit
+}
+
 /// Everything that shapes a training run; a resumed run must use the same settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSettings {
     /// Model size.
     pub size: ClipSize,
+    /// The image tower (absent in runs started before the conv tower existed: the ViT).
+    #[serde(default, skip_serializing_if = "is_vit")]
+    pub image_tower: ImageTowerKind,
     /// Passes over the training pairs.
     pub epochs: usize,
     /// Pairs per step (also the number of negatives per pair, minus one).
@@ -82,6 +100,7 @@ impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
             size: ClipSize::Small,
+            image_tower: ImageTowerKind::Vit,
             epochs: 3,
             batch: 64,
             lr: 1e-3,
@@ -369,8 +388,12 @@ fn read_pairs(
     Ok(out)
 }
 
-fn model_config(size: ClipSize, tokenizer: &CodeTokenizer) -> ClipConfig {
-    let mut c = ClipConfig::small(tokenizer.vocab_size(), tokenizer.end_id());
+fn model_config(size: ClipSize, tower: ImageTowerKind, tokenizer: &CodeTokenizer) -> ClipConfig {
+    let (vocab, end) = (tokenizer.vocab_size(), tokenizer.end_id());
+    let mut c = match tower {
+        ImageTowerKind::Vit => ClipConfig::small(vocab, end),
+        ImageTowerKind::Conv => ClipConfig::small_conv(vocab, end),
+    };
     if size == ClipSize::Tiny {
         let (v, t) = (&mut c.vision_config, &mut c.text_config);
         v.hidden_size = 32;
@@ -378,6 +401,9 @@ fn model_config(size: ClipSize, tokenizer: &CodeTokenizer) -> ClipConfig {
         v.num_hidden_layers = 1;
         v.num_attention_heads = 2;
         v.image_size = 32;
+        if tower == ImageTowerKind::Conv {
+            v.conv_widths = vec![8, 16, 32];
+        }
         t.hidden_size = 32;
         t.intermediate_size = 64;
         t.num_hidden_layers = 1;
@@ -515,7 +541,7 @@ pub fn train_clip(
     let config: ClipConfig = if resume.is_some() {
         read_json(&opts.out.join(CONFIG_FILE))?
     } else {
-        model_config(s.size, &tokenizer)
+        model_config(s.size, s.image_tower, &tokenizer)
     };
     config.validate().map_err(ClipError::Settings)?;
     let pre = PreprocessConfig::small();
