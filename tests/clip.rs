@@ -34,6 +34,50 @@ fn train_args<'a>(corpus: &'a Path, out: &'a Path, epochs: &'a str) -> Vec<&'a s
     ]
 }
 
+/// [`train_args`] with the convolutional image tower.
+fn conv_train_args<'a>(corpus: &'a Path, out: &'a Path, epochs: &'a str) -> Vec<&'a str> {
+    let mut args = train_args(corpus, out, epochs);
+    args.extend(["--image-tower", "conv"]);
+    args
+}
+
+/// Indexes the corpus's train split with `encoder` into `index`, then searches it for `k`
+/// neighbours of the image of train row `row` (written to `query`); returns the build report,
+/// the search report and the row's id.
+fn index_and_search(
+    corpus: &Path,
+    encoder: &Path,
+    index: &Path,
+    query: &Path,
+    row: usize,
+    k: &str,
+) -> (serde_json::Value, serde_json::Value, String) {
+    let build = ok_json(&rag(&[
+        "index",
+        "build",
+        "--corpus",
+        s(corpus),
+        "--encoder",
+        s(encoder),
+        "--out",
+        s(index),
+        "--json",
+    ]));
+    let reader = CorpusReader::open(corpus).unwrap();
+    let row = reader.rows(Split::Train).nth(row).unwrap().unwrap();
+    std::fs::write(query, &row.image_png).unwrap();
+    let found = ok_json(&rag(&[
+        "search",
+        s(query),
+        "--index",
+        s(index),
+        "--json",
+        "-k",
+        k,
+    ]));
+    (build, found, row.deepcad_id)
+}
+
 #[test]
 fn train_resume_index_and_search_with_a_trained_clip() {
     let tmp = tempfile::tempdir().unwrap();
@@ -125,34 +169,13 @@ fn train_resume_index_and_search_with_a_trained_clip() {
 
     // Index the corpus with the trained image tower and search it.
     let index = tmp.path().join("indices").join("clip");
-    let build = ok_json(&rag(&[
-        "index",
-        "build",
-        "--corpus",
-        s(&corpus),
-        "--encoder",
-        s(&straight),
-        "--out",
-        s(&index),
-        "--json",
-    ]));
+    let query = tmp.path().join("query.png");
+    let (build, found, id) = index_and_search(&corpus, &straight, &index, &query, n_train / 2, "3");
     assert_eq!(build["vectors"], n_train);
     let manifest: serde_json::Value =
         serde_json::from_slice(&file(&index, "manifest.json")).unwrap();
     assert_eq!(manifest["encoder"]["id"], "clip:straight");
     assert_eq!(manifest["dims"], 32);
-    let row = reader.rows(Split::Train).nth(n_train / 2).unwrap().unwrap();
-    let query = tmp.path().join("query.png");
-    std::fs::write(&query, &row.image_png).unwrap();
-    let found = ok_json(&rag(&[
-        "search",
-        s(&query),
-        "--index",
-        s(&index),
-        "--json",
-        "-k",
-        "3",
-    ]));
     let hits = found["neighbours"].as_array().unwrap();
     assert_eq!(hits.len(), 3, "{found}");
     let top = hits[0]["score"].as_f64().unwrap();
@@ -161,9 +184,8 @@ fn train_resume_index_and_search_with_a_trained_clip() {
         "an indexed image finds itself at cosine ~1: {found}"
     );
     assert!(
-        hits.iter().any(|h| h["id"] == row.deepcad_id.as_str()),
-        "{} among {found}",
-        row.deepcad_id
+        hits.iter().any(|h| h["id"] == id.as_str()),
+        "{id} among {found}"
     );
 
     // A folder that is not a checkpoint is refused by name.
@@ -265,20 +287,10 @@ fn the_conv_image_tower_trains_resumes_and_indexes() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("corpus");
     synth_corpus(&corpus, "40", "13", "0.1", "0.1");
-    let reader = CorpusReader::open(&corpus).unwrap();
-    let n_train = reader.num_rows(Split::Train);
-    let conv_args = |out: &Path| -> Vec<String> {
-        let mut a: Vec<String> = train_args(&corpus, out, "2")
-            .into_iter()
-            .map(String::from)
-            .collect();
-        a.extend(["--image-tower".into(), "conv".into()]);
-        a
-    };
-    let run = |args: &[String]| rag(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let n_train = CorpusReader::open(&corpus).unwrap().num_rows(Split::Train);
 
     let straight = tmp.path().join("straight");
-    let report = ok_json(&run(&conv_args(&straight)));
+    let report = ok_json(&rag(&conv_train_args(&corpus, &straight, "2")));
     assert_eq!(report["state"]["settings"]["image_tower"], "conv");
     let config: serde_json::Value =
         serde_json::from_slice(&file(&straight, "config.json")).unwrap();
@@ -295,13 +307,13 @@ fn the_conv_image_tower_trains_resumes_and_indexes() {
     // Stopped and resumed: the same weights as the straight run; the ViT on a conv run's
     // folder is refused as other settings.
     let split = tmp.path().join("split");
-    let mut first = conv_args(&split);
-    first.extend(["--max-steps".into(), "1".into()]);
-    assert_eq!(ok_json(&run(&first))["state"]["step"], 1);
+    let mut first = conv_train_args(&corpus, &split, "2");
+    first.extend(["--max-steps", "1"]);
+    assert_eq!(ok_json(&rag(&first))["state"]["step"], 1);
     let vit = rag(&train_args(&corpus, &split, "2"));
     assert!(!vit.status.success());
     assert!(stderr(&vit).contains("other settings"), "{}", stderr(&vit));
-    ok_json(&run(&conv_args(&split)));
+    ok_json(&rag(&conv_train_args(&corpus, &split, "2")));
     assert!(
         file(&split, "model.safetensors") == file(&straight, "model.safetensors"),
         "the resumed conv run differs from the straight one"
@@ -309,30 +321,9 @@ fn the_conv_image_tower_trains_resumes_and_indexes() {
 
     // The index reads the conv tower from config.json alone.
     let index = tmp.path().join("index");
-    let build = ok_json(&rag(&[
-        "index",
-        "build",
-        "--corpus",
-        s(&corpus),
-        "--encoder",
-        s(&straight),
-        "--out",
-        s(&index),
-        "--json",
-    ]));
-    assert_eq!(build["vectors"], n_train);
-    let row = reader.rows(Split::Train).nth(1).unwrap().unwrap();
     let query = tmp.path().join("query.png");
-    std::fs::write(&query, &row.image_png).unwrap();
-    let found = ok_json(&rag(&[
-        "search",
-        s(&query),
-        "--index",
-        s(&index),
-        "--json",
-        "-k",
-        "2",
-    ]));
+    let (build, found, _) = index_and_search(&corpus, &straight, &index, &query, 1, "2");
+    assert_eq!(build["vectors"], n_train);
     let top = &found["neighbours"][0];
     assert!(
         top["score"].as_f64().unwrap() > 0.999,
