@@ -71,6 +71,30 @@ fn score_json_reports_vsr_both_protocols_and_missing_ids() {
 }
 
 #[test]
+fn workers_leave_no_sandbox_folders_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path().join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    let gt = jsonl(dir.path(), "gt.jsonl", &[("a", BOX), ("b", CYL)]);
+    let pred = jsonl(
+        dir.path(),
+        "pred.jsonl",
+        &[("a", CYL), ("b", "import ctypes\nctypes.string_at(0)")],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rag"))
+        .args(["score", "--gt", &gt, "--pred", &pred, "--workers", "2"])
+        .env("TMPDIR", &scratch)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the temp folder: {left:?}");
+}
+
+#[test]
 fn protocol_flag_limits_the_fields_and_resume_reuses_rows() {
     let dir = tempfile::tempdir().unwrap();
     let gt = jsonl(dir.path(), "gt.jsonl", &[("a", BOX), ("b", CYL)]);

@@ -29,6 +29,7 @@ import math
 import os
 import resource
 import select
+import shutil
 import signal
 import struct
 import sys
@@ -866,7 +867,19 @@ def main():
         print(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}",
                           "trace": traceback.format_exc()}), flush=True)
         return 1
+    # The Rust pool makes (and removes) the folder; run by hand, the worker owns its own.
+    sandbox_dir = os.environ.get("CADRAG_SANDBOX_DIR")
+    if sandbox_dir:
+        return serve(cq, sandbox_dir)
     sandbox_dir = tempfile.mkdtemp(prefix="cadrag-sandbox-")
+    try:
+        return serve(cq, sandbox_dir)
+    finally:
+        shutil.rmtree(sandbox_dir, ignore_errors=True)
+
+
+def serve(cq, sandbox_dir):
+    """Say ready, then answer JSON-line requests from stdin until it closes."""
     limits = {
         "timeout_s": float(os.environ.get("CADRAG_TIMEOUT_S", "10")),
         "memory_mb": int(os.environ.get("CADRAG_MEMORY_MB", "2048")),

@@ -102,19 +102,30 @@ impl Wants {
 
 /// A running worker process speaking JSON lines.
 struct Worker {
+    /// Killed when the worker is dropped (`kill_on_drop`), before its sandbox folder goes.
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
     seq: u64,
+    /// The snippets' working folder; owned here because a killed worker cannot remove it.
+    _sandbox: tempfile::TempDir,
 }
 
 impl Worker {
     async fn spawn(env: &PythonEnv) -> Result<Self, WorkerError> {
         let script = env.worker_script()?;
         let python = env.python();
+        let sandbox = tempfile::Builder::new()
+            .prefix("cadrag-sandbox-")
+            .tempdir()
+            .map_err(|source| WorkerError::Spawn {
+                python: python.clone(),
+                source,
+            })?;
         let mut child = Command::new(&python)
             .arg("-u")
             .arg(&script)
+            .env("CADRAG_SANDBOX_DIR", sandbox.path())
             .env("OPENBLAS_NUM_THREADS", "1")
             .env("OMP_NUM_THREADS", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -147,6 +158,7 @@ impl Worker {
             stdin,
             stdout,
             seq: 0,
+            _sandbox: sandbox,
         })
     }
 
