@@ -167,12 +167,50 @@ impl RecentKeys {
     }
 }
 
+/// Collects voxel keys, dropping a repeat of the previous key and most recent repeats.
+struct KeySink {
+    keys: Vec<u64>,
+    recent: RecentKeys,
+    last: u64,
+}
+
+impl KeySink {
+    #[inline(always)]
+    fn push(&mut self, k: u64) {
+        if k != self.last {
+            self.last = k;
+            if self.recent.insert(k) {
+                self.keys.push(k);
+            }
+        }
+    }
+
+    /// The keys of the row points `lo..=hi`, given the end points' keys. Each coordinate of
+    /// `start + along * s` is monotone in `s` (every float step rounds monotonically), so
+    /// when both ends share a voxel every point between them does too and none is computed.
+    fn add_run(&mut self, key_at: &impl Fn(u32) -> u64, lo: u32, hi: u32, k_lo: u64, k_hi: u64) {
+        if k_lo == k_hi {
+            self.push(k_lo);
+        } else if hi - lo == 1 {
+            self.push(k_lo);
+            self.push(k_hi);
+        } else {
+            let mid = lo + (hi - lo) / 2;
+            let k_mid = key_at(mid);
+            self.add_run(key_at, lo, mid, k_lo, k_mid);
+            self.add_run(key_at, mid, hi, k_mid, k_hi);
+        }
+    }
+}
+
 /// The voxel set of a mesh's surface, sorted and deduplicated, after applying `rotation`.
 ///
 /// trimesh splits a triangle 1 -> 4 at edge midpoints until all edges are <= pitch/2; the
 /// vertices that leaves are the points of a regular barycentric lattice with 2^L steps
-/// per edge, L the number of halvings the longest edge needs. We enumerate that lattice,
-/// in rows along the longest edge so that consecutive points mostly share a voxel.
+/// per edge, L the number of halvings the longest edge needs. We take that lattice in rows
+/// parallel to the shortest edge and bisect each row between points of different voxels
+/// only: a sliver (most of a CAD tessellation's lattice points) then costs a few keys per
+/// row instead of one per point.
 pub fn surface_voxels(
     vertices: &[[f64; 3]],
     triangles: &[[u32; 3]],
@@ -182,8 +220,11 @@ pub fn surface_voxels(
     let max_edge = pitch / 2.0;
     let inv_pitch = 1.0 / pitch;
     let moved: Vec<[f64; 3]> = vertices.iter().map(|v| apply(rotation, v)).collect();
-    let mut keys = Vec::with_capacity(moved.len() * 4);
-    let mut recent = RecentKeys::new();
+    let mut sink = KeySink {
+        keys: Vec::with_capacity(moved.len() * 4),
+        recent: RecentKeys::new(),
+        last: u64::MAX,
+    };
     for t in triangles {
         let corners = [
             moved[t[0] as usize],
@@ -195,16 +236,16 @@ pub fn surface_voxels(
             dist(&corners[1], &corners[2]),
             dist(&corners[2], &corners[0]),
         ];
-        // start at the corner where the longest edge begins; rows run along that edge
-        let first = (0..3)
-            .max_by(|&x, &y| lengths[x].total_cmp(&lengths[y]))
-            .unwrap_or(0);
-        let mut longest = lengths[first];
+        let mut longest = lengths.iter().copied().fold(0.0, f64::max);
         let mut level = 0;
         while longest > max_edge && level < MAX_SUBDIVISIONS {
             longest /= 2.0;
             level += 1;
         }
+        // rows run along the shortest edge, from `a` to `b`; `c` is the far corner
+        let first = (0..3)
+            .min_by(|&x, &y| lengths[x].total_cmp(&lengths[y]))
+            .unwrap_or(0);
         let a = corners[first];
         let b = corners[(first + 1) % 3];
         let c = corners[(first + 2) % 3];
@@ -227,27 +268,26 @@ pub fn surface_voxels(
                 a[1] + across[1] * r,
                 a[2] + across[2] * r,
             ];
-            let mut last = u64::MAX;
-            for col in 0..=(n - row) {
-                let s = col as f64;
-                let p = [
-                    start[0] + along[0] * s,
-                    start[1] + along[1] * s,
-                    start[2] + along[2] * s,
-                ];
-                let k = key(&p, inv_pitch);
-                if k != last {
-                    last = k;
-                    if recent.insert(k) {
-                        keys.push(k);
-                    }
-                }
-            }
+            let key_at = |col: u32| key(&lattice_point(&start, &along, col), inv_pitch);
+            let end = n - row;
+            sink.add_run(&key_at, 0, end, key_at(0), key_at(end));
         }
     }
+    let mut keys = sink.keys;
     keys.sort_unstable();
     keys.dedup();
     keys
+}
+
+/// Point `col` of a lattice row.
+#[inline(always)]
+fn lattice_point(start: &[f64; 3], along: &[f64; 3], col: u32) -> [f64; 3] {
+    let s = col as f64;
+    [
+        start[0] + along[0] * s,
+        start[1] + along[1] * s,
+        start[2] + along[2] * s,
+    ]
 }
 
 /// |a ∩ b| / |a ∪ b| of two sorted, deduplicated key lists.
@@ -314,6 +354,57 @@ mod tests {
         let keys = surface_voxels(&v, &t, &IDENTITY, 0.05);
         // a unit square at pitch 0.05 touches the 21 x 21 voxel centres of [0, 1]^2
         assert_eq!(keys.len(), 21 * 21);
+    }
+
+    /// Every lattice point's key, one by one, in the rows `surface_voxels` uses.
+    fn every_lattice_key(v: &[[f64; 3]; 3], pitch: f64) -> Vec<u64> {
+        let lengths = [dist(&v[0], &v[1]), dist(&v[1], &v[2]), dist(&v[2], &v[0])];
+        let mut longest = lengths.iter().copied().fold(0.0, f64::max);
+        let mut level = 0;
+        while longest > pitch / 2.0 && level < MAX_SUBDIVISIONS {
+            longest /= 2.0;
+            level += 1;
+        }
+        let first = (0..3)
+            .min_by(|&x, &y| lengths[x].total_cmp(&lengths[y]))
+            .unwrap();
+        let (a, b, c) = (v[first], v[(first + 1) % 3], v[(first + 2) % 3]);
+        let n = 1u32 << level;
+        let step = 1.0 / n as f64;
+        let along = [0, 1, 2].map(|i| (b[i] - a[i]) * step);
+        let across = [0, 1, 2].map(|i| (c[i] - a[i]) * step);
+        let mut keys = Vec::new();
+        for row in 0..=n {
+            let start = [0, 1, 2].map(|i| a[i] + across[i] * row as f64);
+            for col in 0..=(n - row) {
+                keys.push(key(&lattice_point(&start, &along, col), 1.0 / pitch));
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    #[test]
+    fn bisected_rows_find_every_voxel_of_the_lattice() {
+        // a fixed pseudo-random stream: fat triangles, slivers, near-degenerate ones
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
+        };
+        for i in 0..300 {
+            let a = [next(), next(), next()];
+            let b = [next(), next(), next()];
+            let squash = [1.0, 1e-2, 1e-4, 0.0][i % 4];
+            let t = next() * 0.5 + 0.5;
+            let c = [0, 1, 2].map(|k| a[k] + (b[k] - a[k]) * t + next() * squash);
+            let v = [a, b, c];
+            let fast = surface_voxels(&v, &[[0, 1, 2]], &IDENTITY, 0.05);
+            assert_eq!(fast, every_lattice_key(&v, 0.05), "triangle {i}: {v:?}");
+        }
     }
 
     #[test]
