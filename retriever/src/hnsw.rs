@@ -266,9 +266,9 @@ mod tests {
         assert_eq!(idx.vector(5).unwrap(), &vs[5][..]);
         let exact = ExactIndex::new(&vs);
         let mut agree = 0;
-        for q in 0..50 {
-            let a: Vec<usize> = idx.search(&vs[q], 10, None).iter().map(|h| h.0).collect();
-            let b: Vec<usize> = exact.search(&vs[q], 10, None).iter().map(|h| h.0).collect();
+        for (q, v) in vs.iter().enumerate().take(50) {
+            let a: Vec<usize> = idx.search(v, 10, None).iter().map(|h| h.0).collect();
+            let b: Vec<usize> = exact.search(v, 10, None).iter().map(|h| h.0).collect();
             assert_eq!(a[0], q);
             agree += a.iter().filter(|i| b.contains(i)).count();
         }
