@@ -95,6 +95,22 @@ fn workers_leave_no_sandbox_folders_behind() {
 }
 
 #[test]
+fn an_unusable_temp_folder_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = jsonl(dir.path(), "gt.jsonl", &[("a", BOX)]);
+    let missing = dir.path().join("no-such-folder");
+    let out = Command::new(env!("CARGO_BIN_EXE_rag"))
+        .args(["score", "--gt", &gt, "--pred", &gt])
+        .env("TMPDIR", &missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("sandbox folder"), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+}
+
+#[test]
 fn protocol_flag_limits_the_fields_and_resume_reuses_rows() {
     let dir = tempfile::tempdir().unwrap();
     let gt = jsonl(dir.path(), "gt.jsonl", &[("a", BOX), ("b", CYL)]);

@@ -44,6 +44,11 @@ pub enum WorkerError {
         python: PathBuf,
         source: std::io::Error,
     },
+    #[error("could not create a sandbox folder for the CadQuery worker in {dir} (set TMPDIR?)")]
+    SandboxDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the CadQuery worker failed to start: {0}")]
     NotReady(String),
     #[error("the CadQuery worker died or stopped answering: {0}")]
@@ -118,8 +123,8 @@ impl Worker {
         let sandbox = tempfile::Builder::new()
             .prefix("cadrag-sandbox-")
             .tempdir()
-            .map_err(|source| WorkerError::Spawn {
-                python: python.clone(),
+            .map_err(|source| WorkerError::SandboxDir {
+                dir: std::env::temp_dir(),
                 source,
             })?;
         let mut child = Command::new(&python)
