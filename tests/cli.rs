@@ -70,6 +70,15 @@ fn score_json_reports_vsr_both_protocols_and_missing_ids() {
     }
 }
 
+/// `rag score` with two workers whose sandbox folders go under `tmpdir`.
+fn score_with_tmpdir(gt: &str, pred: &str, tmpdir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rag"))
+        .args(["score", "--gt", gt, "--pred", pred, "--workers", "2"])
+        .env("TMPDIR", tmpdir)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn workers_leave_no_sandbox_folders_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,11 +90,7 @@ fn workers_leave_no_sandbox_folders_behind() {
         "pred.jsonl",
         &[("a", CYL), ("b", "import ctypes\nctypes.string_at(0)")],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_rag"))
-        .args(["score", "--gt", &gt, "--pred", &pred, "--workers", "2"])
-        .env("TMPDIR", &scratch)
-        .output()
-        .unwrap();
+    let out = score_with_tmpdir(&gt, &pred, &scratch);
     assert!(out.status.success(), "{}", stderr(&out));
     let left: Vec<_> = std::fs::read_dir(&scratch)
         .unwrap()
@@ -99,11 +104,7 @@ fn an_unusable_temp_folder_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let gt = jsonl(dir.path(), "gt.jsonl", &[("a", BOX)]);
     let missing = dir.path().join("no-such-folder");
-    let out = Command::new(env!("CARGO_BIN_EXE_rag"))
-        .args(["score", "--gt", &gt, "--pred", &gt])
-        .env("TMPDIR", &missing)
-        .output()
-        .unwrap();
+    let out = score_with_tmpdir(&gt, &gt, &missing);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("sandbox folder"), "{err}");

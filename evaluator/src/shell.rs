@@ -231,6 +231,35 @@ pub fn surface_voxels(
             moved[t[1] as usize],
             moved[t[2] as usize],
         ];
+        let lattice = TriangleLattice::new(&corners, max_edge);
+        for row in 0..=lattice.steps {
+            let start = lattice.row_start(row);
+            let key_at = |col: u32| key(&lattice.point(&start, col), inv_pitch);
+            let end = lattice.steps - row;
+            sink.add_run(&key_at, 0, end, key_at(0), key_at(end));
+        }
+    }
+    let mut keys = sink.keys;
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// One triangle's subdivision lattice in rows parallel to its shortest edge: row `r` holds
+/// the points `row_start(r) + along * col` for `col` in `0..=steps - r`.
+struct TriangleLattice {
+    /// The corner where the shortest edge begins.
+    origin: [f64; 3],
+    /// One step along the shortest edge.
+    along: [f64; 3],
+    /// One step towards the far corner.
+    across: [f64; 3],
+    /// 2^L, L the halvings that bring the longest edge to `max_edge` (capped like trimesh).
+    steps: u32,
+}
+
+impl TriangleLattice {
+    fn new(corners: &[[f64; 3]; 3], max_edge: f64) -> Self {
         let lengths = [
             dist(&corners[0], &corners[1]),
             dist(&corners[1], &corners[2]),
@@ -242,52 +271,33 @@ pub fn surface_voxels(
             longest /= 2.0;
             level += 1;
         }
-        // rows run along the shortest edge, from `a` to `b`; `c` is the far corner
         let first = (0..3)
             .min_by(|&x, &y| lengths[x].total_cmp(&lengths[y]))
             .unwrap_or(0);
         let a = corners[first];
         let b = corners[(first + 1) % 3];
         let c = corners[(first + 2) % 3];
-        let n = 1u32 << level;
-        let step = 1.0 / n as f64;
-        let along = [
-            (b[0] - a[0]) * step,
-            (b[1] - a[1]) * step,
-            (b[2] - a[2]) * step,
-        ];
-        let across = [
-            (c[0] - a[0]) * step,
-            (c[1] - a[1]) * step,
-            (c[2] - a[2]) * step,
-        ];
-        for row in 0..=n {
-            let r = row as f64;
-            let start = [
-                a[0] + across[0] * r,
-                a[1] + across[1] * r,
-                a[2] + across[2] * r,
-            ];
-            let key_at = |col: u32| key(&lattice_point(&start, &along, col), inv_pitch);
-            let end = n - row;
-            sink.add_run(&key_at, 0, end, key_at(0), key_at(end));
+        let steps = 1u32 << level;
+        let step = 1.0 / steps as f64;
+        TriangleLattice {
+            origin: a,
+            along: [0, 1, 2].map(|i| (b[i] - a[i]) * step),
+            across: [0, 1, 2].map(|i| (c[i] - a[i]) * step),
+            steps,
         }
     }
-    let mut keys = sink.keys;
-    keys.sort_unstable();
-    keys.dedup();
-    keys
-}
 
-/// Point `col` of a lattice row.
-#[inline(always)]
-fn lattice_point(start: &[f64; 3], along: &[f64; 3], col: u32) -> [f64; 3] {
-    let s = col as f64;
-    [
-        start[0] + along[0] * s,
-        start[1] + along[1] * s,
-        start[2] + along[2] * s,
-    ]
+    #[inline(always)]
+    fn row_start(&self, row: u32) -> [f64; 3] {
+        let r = row as f64;
+        [0, 1, 2].map(|i| self.origin[i] + self.across[i] * r)
+    }
+
+    #[inline(always)]
+    fn point(&self, row_start: &[f64; 3], col: u32) -> [f64; 3] {
+        let s = col as f64;
+        [0, 1, 2].map(|i| row_start[i] + self.along[i] * s)
+    }
 }
 
 /// |a ∩ b| / |a ∪ b| of two sorted, deduplicated key lists.
@@ -358,26 +368,12 @@ mod tests {
 
     /// Every lattice point's key, one by one, in the rows `surface_voxels` uses.
     fn every_lattice_key(v: &[[f64; 3]; 3], pitch: f64) -> Vec<u64> {
-        let lengths = [dist(&v[0], &v[1]), dist(&v[1], &v[2]), dist(&v[2], &v[0])];
-        let mut longest = lengths.iter().copied().fold(0.0, f64::max);
-        let mut level = 0;
-        while longest > pitch / 2.0 && level < MAX_SUBDIVISIONS {
-            longest /= 2.0;
-            level += 1;
-        }
-        let first = (0..3)
-            .min_by(|&x, &y| lengths[x].total_cmp(&lengths[y]))
-            .unwrap();
-        let (a, b, c) = (v[first], v[(first + 1) % 3], v[(first + 2) % 3]);
-        let n = 1u32 << level;
-        let step = 1.0 / n as f64;
-        let along = [0, 1, 2].map(|i| (b[i] - a[i]) * step);
-        let across = [0, 1, 2].map(|i| (c[i] - a[i]) * step);
+        let lattice = TriangleLattice::new(v, pitch / 2.0);
         let mut keys = Vec::new();
-        for row in 0..=n {
-            let start = [0, 1, 2].map(|i| a[i] + across[i] * row as f64);
-            for col in 0..=(n - row) {
-                keys.push(key(&lattice_point(&start, &along, col), 1.0 / pitch));
+        for row in 0..=lattice.steps {
+            let start = lattice.row_start(row);
+            for col in 0..=(lattice.steps - row) {
+                keys.push(key(&lattice.point(&start, col), 1.0 / pitch));
             }
         }
         keys.sort_unstable();

@@ -4,7 +4,8 @@
 
 mod common;
 
-use evaluator::{Status, Wants};
+use evaluator::protocol::Props;
+use evaluator::{Status, Wants, WorkerPool};
 
 const NO_MESH: Wants = Wants {
     mesh: false,
@@ -22,19 +23,23 @@ fn assert_close(what: &str, got: &[f64], want: &[f64]) {
     }
 }
 
+/// The mass properties of a snippet that must run.
+async fn props_of(pool: &WorkerPool, code: &str) -> Props {
+    let run = pool.exec(code, NO_MESH).await;
+    assert_eq!(run.status, Status::Ok, "{}", run.message);
+    run.props.expect("props of a valid solid")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_centre_and_inertia_match_closed_forms_for_a_solid_and_a_compound() {
     let pool = common::pool(30, 1024).await;
 
     // A 2 x 3 x 4 box centred at (1, 2, 3): I = V (b^2 + c^2) / 12 about each axis.
-    let solid = pool
-        .exec(
-            "import cadquery as cq\nsolid = cq.Workplane('XY').box(2, 3, 4).translate((1, 2, 3))\n",
-            NO_MESH,
-        )
-        .await;
-    assert_eq!(solid.status, Status::Ok, "{}", solid.message);
-    let p = solid.props.expect("props of a solid");
+    let p = props_of(
+        &pool,
+        "import cadquery as cq\nsolid = cq.Workplane('XY').box(2, 3, 4).translate((1, 2, 3))\n",
+    )
+    .await;
     assert_eq!(p.solid_count, 1);
     assert_close("volume", &[p.volume], &[24.0]);
     assert_close("centre", &p.center, &[1.0, 2.0, 3.0]);
@@ -51,14 +56,11 @@ async fn volume_centre_and_inertia_match_closed_forms_for_a_solid_and_a_compound
 
     // Two unit cubes 3 apart along x stay a Compound of two solids: each adds its own
     // 1/6 and, off the x axis, 1 * 1.5^2 by the parallel-axis theorem.
-    let compound = pool
-        .exec(
-            "import cadquery as cq\nb = cq.Workplane('XY').box(1, 1, 1)\nsolid = b.union(cq.Workplane('XY').box(1, 1, 1).translate((3, 0, 0)))\n",
-            NO_MESH,
-        )
-        .await;
-    assert_eq!(compound.status, Status::Ok, "{}", compound.message);
-    let p = compound.props.expect("props of a compound");
+    let p = props_of(
+        &pool,
+        "import cadquery as cq\nb = cq.Workplane('XY').box(1, 1, 1)\nsolid = b.union(cq.Workplane('XY').box(1, 1, 1).translate((3, 0, 0)))\n",
+    )
+    .await;
     assert_eq!(p.solid_count, 2);
     let (own, off) = (1.0 / 6.0, 1.0 / 6.0 + 2.25);
     assert_close("volume", &[p.volume], &[2.0]);
