@@ -1,5 +1,6 @@
 //! The project's Python environment: a venv holding the pinned CadQuery, made by `rag setup`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -108,11 +109,17 @@ impl PythonEnv {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(path.parent().expect("worker path has a parent")).map_err(io)?;
-        // Write then rename so concurrent processes never run a half-written script.
-        let tmp = path.with_extension(format!("py.{}", std::process::id()));
-        std::fs::write(&tmp, WORKER_SOURCE).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        let dir = path.parent().expect("worker path has a parent");
+        std::fs::create_dir_all(dir).map_err(io)?;
+        // Write a uniquely named file, then rename it: concurrent writers (processes, or
+        // threads of one) never run a half-written script or move each other's file away.
+        let mut tmp = tempfile::Builder::new()
+            .prefix("cadquery_worker.")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(io)?;
+        tmp.write_all(WORKER_SOURCE.as_bytes()).map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
         Ok(path)
     }
 }
