@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use evaluator::score::{score_pair, score_sets};
+use evaluator::score::{score_pair_with, score_sets};
 mod dataset;
 mod generation;
 mod report;
@@ -16,7 +16,8 @@ mod retrieval;
 mod train;
 
 use evaluator::{
-    reference, CodeSet, PairInput, Protocols, PythonEnv, SandboxLimits, Summary, WorkerPool,
+    reference, CodeSet, PairInput, PatternSearch, Protocols, PythonEnv, SandboxLimits, Summary,
+    WorkerPool,
 };
 
 #[derive(Parser)]
@@ -167,6 +168,10 @@ enum BenchWhat {
         /// Time one protocol alone (where the time goes), or both.
         #[arg(long, value_enum, default_value_t = ProtocolArg::All)]
         protocol: ProtocolArg,
+        /// Volume IoU: run the boolean for all four sign patterns, sharing and skipping
+        /// none (what the shortcuts save).
+        #[arg(long)]
+        all_patterns: bool,
     },
     /// Images per second of the renderer (one thread, 448x448, reference parts).
     Render {
@@ -314,7 +319,12 @@ async fn score(args: ScoreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn bench_score(pool_args: PoolArgs, repeat: usize, protocols: Protocols) -> Result<ExitCode> {
+async fn bench_score(
+    pool_args: PoolArgs,
+    repeat: usize,
+    protocols: Protocols,
+    search: PatternSearch,
+) -> Result<ExitCode> {
     let pairs = reference::pairs();
     let pool = start_pool(&pool_args).await?;
     let reference_seconds: f64 = pairs
@@ -324,6 +334,7 @@ async fn bench_score(pool_args: PoolArgs, repeat: usize, protocols: Protocols) -
         / pairs.len() as f64;
     let mut per_pass = Vec::new();
     let mut latencies = Vec::new();
+    let mut booleans = 0u64;
     for pass in 0..repeat.max(1) {
         let start = Instant::now();
         let mut handles = Vec::new();
@@ -335,7 +346,7 @@ async fn bench_score(pool_args: PoolArgs, repeat: usize, protocols: Protocols) -
                 pred: Some(evaluator::CodeText::Utf8(p.pred_code.clone())),
             };
             handles.push(tokio::spawn(async move {
-                score_pair(&pool, input, protocols).await
+                score_pair_with(&pool, input, protocols, search).await
             }));
         }
         for h in handles {
@@ -344,6 +355,7 @@ async fn bench_score(pool_args: PoolArgs, repeat: usize, protocols: Protocols) -
                 bail!("reference pair {} failed: {}", item.id, item.message);
             }
             latencies.push(item.seconds);
+            booleans += u64::from(item.volume_booleans);
         }
         let secs = start.elapsed().as_secs_f64();
         println!("pass {}: {} pairs in {secs:.2} s", pass + 1, pairs.len());
@@ -369,6 +381,16 @@ async fn bench_score(pool_args: PoolArgs, repeat: usize, protocols: Protocols) -
         best / n
     );
     println!("  pairs per second   {:.2}", n / mean);
+    if protocols.volume {
+        println!(
+            "  OCC booleans       {:.2} per pair ({})",
+            booleans as f64 / (n * per_pass.len() as f64),
+            match search {
+                PatternSearch::Shared => "congruent sign patterns shared, bounded ones skipped",
+                PatternSearch::Every => "all four sign patterns",
+            }
+        );
+    }
     println!("  reference metric   {reference_seconds:.2} s per pair (shell only, 2 cores, from expected_iou.jsonl)");
     println!(
         "  speed-up           {:.0}x",
@@ -612,8 +634,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     pool,
                     repeat,
                     protocol,
+                    all_patterns,
                 },
-        } => bench_score(pool, repeat, protocol.into()).await,
+        } => {
+            let search = if all_patterns {
+                PatternSearch::Every
+            } else {
+                PatternSearch::Shared
+            };
+            bench_score(pool, repeat, protocol.into(), search).await
+        }
         Command::Bench {
             what: BenchWhat::Render { repeat },
         } => dataset::bench_render(repeat).await,

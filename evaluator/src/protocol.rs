@@ -130,6 +130,9 @@ pub struct PairExecution {
     pub volume_iou: Option<f64>,
     /// Why the volume IoU is missing, or a warning about it.
     pub volume_message: String,
+    /// OCC booleans the volume IoU ran: four or fewer, as sign patterns were shared or
+    /// bounded out.
+    pub volume_booleans: u32,
 }
 
 /// Malformed worker replies.
@@ -172,6 +175,8 @@ pub(crate) struct RawVolume {
     volume_iou: Option<f64>,
     #[serde(default)]
     message: String,
+    #[serde(default)]
+    booleans: u32,
 }
 
 #[derive(Deserialize)]
@@ -274,15 +279,16 @@ impl RawExecution {
 
 impl RawPair {
     pub(crate) fn decode(self) -> Result<PairExecution, DecodeError> {
-        let (volume_iou, volume_message) = match self.volume {
-            Some(v) => (v.volume_iou, v.message),
-            None => (None, String::new()),
+        let (volume_iou, volume_message, volume_booleans) = match self.volume {
+            Some(v) => (v.volume_iou, v.message, v.booleans),
+            None => (None, String::new(), 0),
         };
         Ok(PairExecution {
             gt: self.gt.decode()?,
             pred: self.pred.decode()?,
             volume_iou,
             volume_message,
+            volume_booleans,
         })
     }
 }

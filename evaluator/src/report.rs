@@ -507,6 +507,7 @@ mod tests {
             volume_iou: volume,
             seconds: 0.1,
             gt_ok: true,
+            volume_booleans: 0,
         }
     }
 

@@ -43,6 +43,9 @@ pub struct ItemScore {
     /// False when the ground truth itself failed; such items are left out of IoU means.
     #[serde(default = "yes")]
     pub gt_ok: bool,
+    /// OCC booleans the volume IoU ran (for `rag bench score`; not written to files).
+    #[serde(skip)]
+    pub volume_booleans: u32,
 }
 
 fn yes() -> bool {
@@ -61,8 +64,27 @@ fn not_utf8(valid_up_to: usize) -> String {
     format!("code is not valid UTF-8 (first bad byte at offset {valid_up_to})")
 }
 
+/// Which sign patterns the volume IoU runs a boolean for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatternSearch {
+    /// Congruent patterns share one boolean and bounded-out ones are skipped (the default).
+    Shared,
+    /// All four, as the definition spells it out.
+    Every,
+}
+
 /// Score one pair in the pool; the shell IoU is computed here, the volume IoU in the worker.
 pub async fn score_pair(pool: &WorkerPool, input: PairInput, protocols: Protocols) -> ItemScore {
+    score_pair_with(pool, input, protocols, PatternSearch::Shared).await
+}
+
+/// `score_pair`, choosing how the volume IoU searches the sign patterns.
+pub async fn score_pair_with(
+    pool: &WorkerPool,
+    input: PairInput,
+    protocols: Protocols,
+    search: PatternSearch,
+) -> ItemScore {
     let start = Instant::now();
     let mut item = ItemScore {
         id: input.id.clone(),
@@ -72,6 +94,7 @@ pub async fn score_pair(pool: &WorkerPool, input: PairInput, protocols: Protocol
         volume_iou: None,
         seconds: 0.0,
         gt_ok: true,
+        volume_booleans: 0,
     };
     let gt = match input.gt {
         CodeText::Utf8(s) => s,
@@ -97,6 +120,7 @@ pub async fn score_pair(pool: &WorkerPool, input: PairInput, protocols: Protocol
         mesh: protocols.shell,
         edges: false,
         volume: protocols.volume,
+        volume_all_patterns: search == PatternSearch::Every,
     };
     let pair = pool.pair(&gt, &pred, wants).await;
     fill_from_pair(&mut item, pair, protocols).await;
@@ -107,6 +131,7 @@ pub async fn score_pair(pool: &WorkerPool, input: PairInput, protocols: Protocol
 async fn fill_from_pair(item: &mut ItemScore, pair: PairExecution, protocols: Protocols) {
     item.status = pair.pred.status;
     item.message = pair.pred.message.clone();
+    item.volume_booleans = pair.volume_booleans;
     let gt_usable = pair.gt.is_valid() && pair.gt.props.as_ref().is_some_and(|p| p.r_g.is_some());
     if !gt_usable {
         item.gt_ok = false;
@@ -390,6 +415,7 @@ mod tests {
             volume_iou: iou,
             seconds: 0.0,
             gt_ok,
+            volume_booleans: 0,
         }
     }
 

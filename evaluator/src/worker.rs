@@ -80,6 +80,7 @@ enum Request<'a> {
         pred: &'a str,
         mesh: bool,
         volume: bool,
+        all_patterns: bool,
         timeout_s: f64,
         memory_mb: u64,
     },
@@ -94,6 +95,9 @@ pub struct Wants {
     pub edges: bool,
     /// Exact volume IoU (pairs only).
     pub volume: bool,
+    /// Run the volume IoU's boolean for all four sign patterns, sharing and skipping none:
+    /// the definition spelled out, to check the shortcuts against.
+    pub volume_all_patterns: bool,
 }
 
 impl Wants {
@@ -102,6 +106,7 @@ impl Wants {
         mesh: true,
         edges: true,
         volume: false,
+        volume_all_patterns: false,
     };
 }
 
@@ -354,6 +359,7 @@ impl WorkerPool {
                     pred,
                     mesh: wants.mesh,
                     volume: wants.volume,
+                    all_patterns: wants.volume_all_patterns,
                     timeout_s: limits.timeout.as_secs_f64(),
                     memory_mb: limits.memory_mb,
                 },
@@ -367,6 +373,7 @@ impl WorkerPool {
                 pred: Execution::failed(Status::Crash, e.to_string()),
                 volume_iou: None,
                 volume_message: e.to_string(),
+                volume_booleans: 0,
             },
         }
     }

@@ -11,6 +11,7 @@ const NO_MESH: Wants = Wants {
     mesh: false,
     edges: false,
     volume: false,
+    volume_all_patterns: false,
 };
 
 fn assert_close(what: &str, got: &[f64], want: &[f64]) {

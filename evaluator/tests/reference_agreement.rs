@@ -4,7 +4,7 @@
 mod common;
 
 use evaluator::score::score_pair;
-use evaluator::{reference, CodeText, PairInput, Protocols, Status};
+use evaluator::{reference, CodeText, PairInput, Protocols, Status, Wants};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_and_volume_iou_agree_with_the_reference_metric() {
@@ -70,5 +70,75 @@ async fn shell_and_volume_iou_agree_with_the_reference_metric() {
         volume_ok >= need,
         "volume IoU agrees on {volume_ok} of {} pairs; misses:\n{misses}",
         pairs.len()
+    );
+}
+
+/// The volume IoU's shortcuts (one boolean for sign patterns that a mirror symmetry makes
+/// congruent, skipping patterns whose bound cannot win) against running all four, pair by
+/// pair. Pairs with a solid that fails OCC's check are left out: their booleans change
+/// from run to run either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_sign_patterns_give_the_volume_iou_of_all_four() {
+    let pool = common::pool(60, 4096).await;
+    let pairs = reference::pairs();
+    let run = |all_patterns: bool| {
+        let handles: Vec<_> = pairs
+            .iter()
+            .map(|p| {
+                let (pool, gt, pred) = (pool.clone(), p.gt_code.clone(), p.pred_code.clone());
+                let wants = Wants {
+                    volume: true,
+                    volume_all_patterns: all_patterns,
+                    ..Wants::default()
+                };
+                tokio::spawn(async move { pool.pair(&gt, &pred, wants).await })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.await.unwrap());
+            }
+            out
+        }
+    };
+    let every = run(true).await;
+    let shared = run(false).await;
+    let (mut compared, mut booleans_every, mut booleans_shared) = (0, 0, 0);
+    let mut report = Vec::new();
+    for ((p, e), s) in pairs.iter().zip(&every).zip(&shared) {
+        let valid = |x: &evaluator::PairExecution| {
+            x.gt.props.as_ref().is_some_and(|p| p.valid)
+                && x.pred.props.as_ref().is_some_and(|p| p.valid)
+        };
+        if !(valid(e) && valid(s)) {
+            continue;
+        }
+        compared += 1;
+        booleans_every += e.volume_booleans;
+        booleans_shared += s.volume_booleans;
+        let (a, b) = (e.volume_iou.unwrap(), s.volume_iou.unwrap());
+        report.push(format!(
+            "{:9} {} {} all four {a:.8} ({} booleans), shared {b:.8} ({}){}",
+            p.expected.kind,
+            p.expected.gt_id,
+            p.expected.pred_id,
+            e.volume_booleans,
+            s.volume_booleans,
+            if (a - b).abs() > 1e-5 { " DIFFERS" } else { "" }
+        ));
+    }
+    println!("{}", report.join("\n"));
+    println!("{compared} pairs: {booleans_every} booleans for all four, {booleans_shared} shared");
+    assert!(compared >= 25, "only {compared} pairs with valid solids");
+    assert!(
+        !report.iter().any(|r| r.contains("DIFFERS")),
+        "shared patterns change the volume IoU by more than 1e-5:\n{}",
+        report.join("\n")
+    );
+    assert_eq!(booleans_every, 4 * compared as u32);
+    assert!(
+        booleans_shared < booleans_every * 3 / 4,
+        "the shortcuts saved too little: {booleans_shared} of {booleans_every} booleans"
     );
 }
