@@ -480,14 +480,21 @@ def edge_polylines(shape):
 def describe(shape, want_mesh, want_edges):
     """Mass properties, bounding box, mesh, principal axes: everything the metrics need."""
     import numpy as np
+    from OCP.BRepGProp import BRepGProp
+    from OCP.GProp import GProp_GProps
 
-    volume = shape.Volume()
-    center = shape.Center()
-    inertia = np.array(shape.matrixOfInertia(shape), dtype=np.float64).reshape(3, 3)
+    # One integration for what CadQuery's Volume(), Center() and matrixOfInertia() would
+    # each integrate again (the same VolumeProperties call for a Solid or Compound).
+    mass = GProp_GProps()
+    BRepGProp.VolumeProperties_s(shape.wrapped, mass)
+    volume = mass.Mass()
+    center = mass.CentreOfMass()
+    moments = mass.MatrixOfInertia()
+    inertia = np.array([[moments.Value(i, j) for j in (1, 2, 3)] for i in (1, 2, 3)])
     bb = shape.BoundingBox()
     props = {
         "volume": volume,
-        "center": [center.x, center.y, center.z],
+        "center": [center.X(), center.Y(), center.Z()],
         "inertia": inertia.ravel().tolist(),
         "bbox": [bb.xmin, bb.ymin, bb.zmin, bb.xmax, bb.ymax, bb.zmax],
         "solid_count": len(shape.Solids()),
