@@ -602,6 +602,9 @@ SIGN_PATTERNS = [(1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)]
 # Faces of a mirror-symmetric solid match their mirror images to ~1e-15 in the principal
 # frame (measured on the reference samples); asymmetric ones miss by 1e-2 or more.
 SYMMETRY_TOLERANCE = 1e-9
+# Symmetry is looked for on solids with at most this many faces (the face-to-face comparison
+# is quadratic); larger ones run every pattern.
+MAX_SYMMETRY_FACES = 256
 
 
 def box_corners(bbox):
@@ -615,7 +618,8 @@ def face_moments(shape, center, axes, r_g):
     """Per face: area, centroid and second moments, in the normalised principal frame.
 
     One row per face, `[area, y0, y1, y2, J00, J01, J02, J11, J12, J22]`, with y the
-    centroid and J the inertia about it, both in the principal axes after the 1/r_g scale.
+    centroid and J the inertia about it, both in the principal axes after the 1/r_g scale;
+    None for a solid of more than MAX_SYMMETRY_FACES faces.
     """
     import numpy as np
     from OCP.BRepGProp import BRepGProp
@@ -627,6 +631,8 @@ def face_moments(shape, center, axes, r_g):
     explorer = TopExp_Explorer(shape.wrapped, TopAbs_FACE)
     upper = np.triu_indices(3)
     while explorer.More():
+        if len(rows) == MAX_SYMMETRY_FACES:
+            return None
         props = GProp_GProps()
         BRepGProp.SurfaceProperties_s(explorer.Current(), props)
         explorer.Next()
@@ -644,7 +650,7 @@ def principal_symmetries(table):
     import numpy as np
 
     found = set()
-    if len(table) == 0:
+    if table is None or len(table) == 0:
         return found
     upper = np.triu_indices(3)
     for flip in {tuple(int(a * b) for a, b in zip(p, q))
