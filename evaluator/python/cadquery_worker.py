@@ -957,7 +957,10 @@ def build_only_the_named_plane(cq):
     every name, checked here. Returns whether it was installed.
     """
     plane_cls = cq.Plane
-    original = plane_cls.__dict__["named"].__func__
+    try:
+        original = plane_cls.__dict__["named"].__func__
+    except (KeyError, AttributeError):  # not the classmethod of CadQuery 2.8
+        return False
 
     def named(cls, stdName, origin=(0, 0, 0)):
         try:
@@ -1028,22 +1031,25 @@ def back_memory_with_huge_pages():
     """
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     MADV_HUGEPAGE, MADV_COLLAPSE, HUGE = 14, 25, 1 << 21
-    with open("/proc/self/maps") as maps:
-        regions = [line.split() for line in maps]
-    for fields in regions:
-        if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
-            continue
-        lo, hi = (int(x, 16) for x in fields[0].split("-"))
-        lo, hi = (lo + HUGE - 1) & ~(HUGE - 1), hi & ~(HUGE - 1)
-        if hi > lo and libc.madvise(lo, hi - lo, MADV_HUGEPAGE) == 0:
-            libc.madvise(lo, hi - lo, MADV_COLLAPSE)
-    with open("/proc/self/smaps_rollup") as rollup:
-        for line in rollup:
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1]) // 1024
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open("/proc/self/maps") as maps:
+            regions = [line.split() for line in maps]
+        for fields in regions:
+            if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
+                continue
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            lo, hi = (lo + HUGE - 1) & ~(HUGE - 1), hi & ~(HUGE - 1)
+            if hi > lo and libc.madvise(lo, hi - lo, MADV_HUGEPAGE) == 0:
+                libc.madvise(lo, hi - lo, MADV_COLLAPSE)
+        with open("/proc/self/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, AttributeError, ValueError):  # no /proc files or no madvise here
+        pass
     return 0
 
 
