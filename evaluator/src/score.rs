@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::codeset::{CodeSet, CodeText};
 use crate::protocol::{PairExecution, Status};
 use crate::shell::{shell_iou, NormalisedMesh, PITCH};
-use crate::worker::{Wants, WorkerPool};
+use crate::worker::{PatternSearch, Wants, WorkerPool};
 
 /// Which IoU protocols to compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,15 +64,6 @@ fn not_utf8(valid_up_to: usize) -> String {
     format!("code is not valid UTF-8 (first bad byte at offset {valid_up_to})")
 }
 
-/// Which sign patterns the volume IoU runs a boolean for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatternSearch {
-    /// Congruent patterns share one boolean and bounded-out ones are skipped (the default).
-    Shared,
-    /// All four, as the definition spells it out.
-    Every,
-}
-
 /// Score one pair in the pool; the shell IoU is computed here, the volume IoU in the worker.
 pub async fn score_pair(pool: &WorkerPool, input: PairInput, protocols: Protocols) -> ItemScore {
     score_pair_with(pool, input, protocols, PatternSearch::Shared).await
@@ -120,7 +111,7 @@ pub async fn score_pair_with(
         mesh: protocols.shell,
         edges: false,
         volume: protocols.volume,
-        volume_all_patterns: search == PatternSearch::Every,
+        patterns: search,
     };
     let pair = pool.pair(&gt, &pred, wants).await;
     fill_from_pair(&mut item, pair, protocols).await;

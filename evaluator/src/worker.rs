@@ -95,9 +95,19 @@ pub struct Wants {
     pub edges: bool,
     /// Exact volume IoU (pairs only).
     pub volume: bool,
-    /// Run the volume IoU's boolean for all four sign patterns, sharing and skipping none:
-    /// the definition spelled out, to check the shortcuts against.
-    pub volume_all_patterns: bool,
+    /// Which sign patterns the volume IoU runs a boolean for.
+    pub patterns: PatternSearch,
+}
+
+/// Which sign patterns the volume IoU runs a boolean for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PatternSearch {
+    /// Congruent patterns share one boolean and bounded-out ones are skipped.
+    #[default]
+    Shared,
+    /// All four, sharing and skipping none: the definition spelled out, to check the
+    /// shortcuts against.
+    Every,
 }
 
 impl Wants {
@@ -106,7 +116,7 @@ impl Wants {
         mesh: true,
         edges: true,
         volume: false,
-        volume_all_patterns: false,
+        patterns: PatternSearch::Shared,
     };
 }
 
@@ -359,7 +369,7 @@ impl WorkerPool {
                     pred,
                     mesh: wants.mesh,
                     volume: wants.volume,
-                    all_patterns: wants.volume_all_patterns,
+                    all_patterns: wants.patterns == PatternSearch::Every,
                     timeout_s: limits.timeout.as_secs_f64(),
                     memory_mb: limits.memory_mb,
                 },

@@ -5,13 +5,13 @@
 mod common;
 
 use evaluator::protocol::Props;
-use evaluator::{Status, Wants, WorkerPool};
+use evaluator::{PatternSearch, Status, Wants, WorkerPool};
 
 const NO_MESH: Wants = Wants {
     mesh: false,
     edges: false,
     volume: false,
-    volume_all_patterns: false,
+    patterns: PatternSearch::Shared,
 };
 
 fn assert_close(what: &str, got: &[f64], want: &[f64]) {

@@ -4,7 +4,7 @@
 mod common;
 
 use evaluator::score::score_pair;
-use evaluator::{reference, CodeText, PairInput, Protocols, Status, Wants};
+use evaluator::{reference, CodeText, PairInput, PatternSearch, Protocols, Status, Wants};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_and_volume_iou_agree_with_the_reference_metric() {
@@ -81,14 +81,14 @@ async fn shell_and_volume_iou_agree_with_the_reference_metric() {
 async fn shared_sign_patterns_give_the_volume_iou_of_all_four() {
     let pool = common::pool(60, 4096).await;
     let pairs = reference::pairs();
-    let run = |all_patterns: bool| {
+    let run = |patterns: PatternSearch| {
         let handles: Vec<_> = pairs
             .iter()
             .map(|p| {
                 let (pool, gt, pred) = (pool.clone(), p.gt_code.clone(), p.pred_code.clone());
                 let wants = Wants {
                     volume: true,
-                    volume_all_patterns: all_patterns,
+                    patterns,
                     ..Wants::default()
                 };
                 tokio::spawn(async move { pool.pair(&gt, &pred, wants).await })
@@ -102,8 +102,8 @@ async fn shared_sign_patterns_give_the_volume_iou_of_all_four() {
             out
         }
     };
-    let every = run(true).await;
-    let shared = run(false).await;
+    let every = run(PatternSearch::Every).await;
+    let shared = run(PatternSearch::Shared).await;
     let (mut compared, mut booleans_every, mut booleans_shared) = (0, 0, 0);
     let mut report = Vec::new();
     for ((p, e), s) in pairs.iter().zip(&every).zip(&shared) {
