@@ -481,6 +481,13 @@ def edge_polylines(shape):
     }
 
 
+def matrix_of(mat):
+    """An OCC gp_Mat (1-based) as a 3x3 numpy array."""
+    import numpy as np
+
+    return np.array([[mat.Value(i, j) for j in (1, 2, 3)] for i in (1, 2, 3)])
+
+
 def describe(shape, want_mesh, want_edges):
     """Mass properties, bounding box, mesh, principal axes: everything the metrics need."""
     import numpy as np
@@ -493,8 +500,7 @@ def describe(shape, want_mesh, want_edges):
     BRepGProp.VolumeProperties_s(shape.wrapped, mass)
     volume = mass.Mass()
     center = mass.CentreOfMass()
-    moments = mass.MatrixOfInertia()
-    inertia = np.array([[moments.Value(i, j) for j in (1, 2, 3)] for i in (1, 2, 3)])
+    inertia = matrix_of(mass.MatrixOfInertia())
     bb = shape.BoundingBox()
     props = {
         "volume": volume,
@@ -599,6 +605,15 @@ def boolean_volume(kind, a, b):
 
 
 SIGN_PATTERNS = [(1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)]
+
+
+def flip_between(p, q):
+    """The sign flip of the principal axes that takes sign pattern p to q."""
+    return tuple(a * b for a, b in zip(p, q))
+
+
+# The three mirrors and three half-turns that relate two of the sign patterns.
+PATTERN_FLIPS = {flip_between(p, q) for p in SIGN_PATTERNS for q in SIGN_PATTERNS if p != q}
 # Faces of a mirror-symmetric solid match their mirror images to ~1e-15 in the principal
 # frame (measured on the reference samples); asymmetric ones miss by 1e-2 or more.
 SYMMETRY_TOLERANCE = 1e-9
@@ -636,8 +651,7 @@ def face_moments(shape, center, axes, r_g):
         props = GProp_GProps()
         BRepGProp.SurfaceProperties_s(explorer.Current(), props)
         explorer.Next()
-        c, m = props.CentreOfMass(), props.MatrixOfInertia()
-        inertia = np.array([[m.Value(i, j) for j in (1, 2, 3)] for i in (1, 2, 3)])
+        c, inertia = props.CentreOfMass(), matrix_of(props.MatrixOfInertia())
         centroid = axes.T @ (np.array([c.X(), c.Y(), c.Z()]) - center) / r_g
         moments = (axes.T @ inertia @ axes / r_g**4)[upper]
         rows.append(np.concatenate([[props.Mass() / r_g**2], centroid, moments]))
@@ -653,8 +667,7 @@ def principal_symmetries(table):
     if table is None or len(table) == 0:
         return found
     upper = np.triu_indices(3)
-    for flip in {tuple(int(a * b) for a, b in zip(p, q))
-                 for p in SIGN_PATTERNS for q in SIGN_PATTERNS if p != q}:
+    for flip in PATTERN_FLIPS:
         t = np.array(flip, dtype=np.float64)
         signs = np.concatenate([[1.0], t, np.outer(t, t)[upper]])
         gap = np.abs((table * signs)[:, None, :] - table[None, :, :]).max(axis=2)
@@ -672,8 +685,7 @@ def pattern_classes(symmetries):
     group = list(range(len(SIGN_PATTERNS)))
     for i, p in enumerate(SIGN_PATTERNS):
         for j in range(i + 1, len(SIGN_PATTERNS)):
-            flip = tuple(a * b for a, b in zip(p, SIGN_PATTERNS[j]))
-            if flip in symmetries:
+            if flip_between(p, SIGN_PATTERNS[j]) in symmetries:
                 old, new = group[j], group[i]
                 group = [new if g == old else g for g in group]
     classes = {}

@@ -1,6 +1,6 @@
 //! The worker's mass properties (volume, centre of mass, inertia about it), which both IoU
-//! protocols normalise by, against closed forms: a Solid (one OCC integration in the worker)
-//! and a Compound (CadQuery's own calls). Needs the CadQuery environment (`rag setup`).
+//! protocols normalise by, against closed forms, for a Solid and a Compound (both through
+//! the worker's one OCC volume integration). Needs the CadQuery environment (`rag setup`).
 
 mod common;
 
