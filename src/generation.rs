@@ -1,7 +1,7 @@
 //! `generate` and `eval`: image -> code by retrieval, the generator, or both, and the scoring
 //! of a corpus split with the real metrics. Thin: the work is in the generator crate.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -129,6 +129,8 @@ pub struct GenerateArgs {
     /// Print every candidate with its status and render-match cues (implies selection).
     #[arg(long, conflicts_with = "retrieval_only")]
     explain: bool,
+    #[command(flatten)]
+    pool: PoolArgs,
 }
 
 /// `rag generate`: one image -> code (retrieval only, or the model with the fallback check).
@@ -141,7 +143,7 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
         if args.retrieval_only {
             bail!("--samples selects among generated candidates; leave out --retrieval-only");
         }
-        let pool = pool_of(&mut pool, None).await?;
+        let pool = pool_of(&mut pool, &args.pool, None).await?;
         generate_by_selection(&args, &retriever, &pool).await?
     } else if args.retrieval_only {
         let set = retriever.search_path(&args.image, 1, &args.require)?;
@@ -176,27 +178,34 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
             },
             &args.decode.options(),
         )?;
-        let gen = a.generation.as_ref().expect("model modes generate");
-        eprintln!(
-            "{} wrote {} tokens in {:.2} s ({}){}",
-            mode.as_str(),
-            gen.tokens,
-            a.seconds(),
-            if gen.finished {
-                "finished"
-            } else {
-                "cut at the token budget"
-            },
-            match (mode, a.neighbours.first()) {
-                (Mode::Rag, Some(n)) =>
-                    format!("; nearest neighbour {} (score {:.4})", n.id, n.score),
-                _ => String::new(),
+        let nearest = match (mode, a.neighbours.first()) {
+            (Mode::Rag, Some(n)) => format!("; nearest neighbour {} (score {:.4})", n.id, n.score),
+            _ => String::new(),
+        };
+        match (&a.generation, &a.decode_error) {
+            (Some(gen), _) => eprintln!(
+                "{} wrote {} tokens in {:.2} s ({}){nearest}",
+                mode.as_str(),
+                gen.tokens,
+                a.seconds(),
+                if gen.finished {
+                    "finished"
+                } else {
+                    "cut at the token budget"
+                },
+            ),
+            (None, e) => {
+                let e = e.as_deref().unwrap_or("no output");
+                if args.unchecked {
+                    bail!("the model wrote nothing: {e}");
+                }
+                eprintln!("the model wrote nothing ({e}); trying the neighbours{nearest}");
             }
-        );
+        }
         if args.unchecked {
             a.code
         } else {
-            let pool = pool_of(&mut pool, Some(1)).await?;
+            let pool = pool_of(&mut pool, &args.pool, Some(1)).await?;
             let checked = first_that_runs(&pool, &a).await;
             for r in &checked.rejected {
                 eprintln!(
@@ -224,23 +233,25 @@ pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
         None => print!("{code}"),
     }
     if args.render.is_some() || args.side_by_side.is_some() {
-        let pool = pool_of(&mut pool, Some(1)).await?;
+        let pool = pool_of(&mut pool, &args.pool, Some(1)).await?;
         write_pictures(&args, &code, &pool).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The pool in `slot`, started (with `workers`, default: one per core) if there is none yet.
+/// The pool in `slot`, started with `args` if there is none yet (`workers`, when given, is
+/// the size for a step that runs one program, unless `--workers` says otherwise).
 async fn pool_of(
     slot: &mut Option<Arc<WorkerPool>>,
+    args: &PoolArgs,
     workers: Option<usize>,
 ) -> Result<Arc<WorkerPool>> {
     if let Some(p) = slot {
         return Ok(p.clone());
     }
     let p = start_pool(&PoolArgs {
-        workers,
-        ..PoolArgs::default()
+        workers: args.workers.or(workers),
+        ..args.clone()
     })
     .await?;
     *slot = Some(p.clone());
@@ -427,8 +438,8 @@ async fn select_answer(
         (opts.neighbours + select::FALLBACK_NEIGHBOURS).max(k),
         &[],
     )?;
-    let mut judge = RenderJudge::new(pool.clone(), retriever, image, vector.to_vec());
-    let sel = select(&mut judge, generator, vector, &set.neighbours, opts).await?;
+    let mut judge = RenderJudge::new(pool.clone(), retriever.encoder(), image, vector.to_vec());
+    let sel = select(&mut judge, generator, vector, &set.neighbours, opts).await;
     let answer = Answer {
         code: sel.code.clone(),
         mode: if generator.is_some() {
@@ -438,6 +449,7 @@ async fn select_answer(
         },
         neighbours: set.neighbours,
         generation: None,
+        decode_error: None,
         embed_seconds,
         search_seconds: set.search_seconds,
         decode_seconds: sel.decode_seconds + sel.check_seconds,
@@ -550,6 +562,9 @@ fn note(a: &Answer) -> serde_json::Value {
         v["finished"] = g.finished.into();
         v["log_prob"] = g.log_prob.into();
         v["generated"] = g.compact.clone().into();
+    }
+    if let Some(e) = &a.decode_error {
+        v["decode_error"] = e.clone().into();
     }
     v
 }
@@ -693,6 +708,13 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
                     let mut n = note(&a);
                     if let Some(s) = &selection {
                         n["selection"] = selection_note(s);
+                        if s.chosen.is_none() {
+                            n["error"] = format!(
+                                "no answer: no candidate and none of the {} retrieved snippets builds a solid",
+                                a.neighbours.len()
+                            )
+                            .into();
+                        }
                     }
                     run.notes.push(n);
                     run.top
@@ -782,6 +804,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
         v["index_vectors"] = retriever.store().len().into();
         v["index_load_seconds"] = load_seconds.into();
         v["latency_ms"] = serde_json::json!({"p50": p50, "p95": p95, "queries": latencies.len()});
+        v["query_failures"] = query_failures(&run.inputs, &run.notes);
         if run.mode == EvalMode::Retrieval {
             let scores: Vec<f64> = run
                 .notes
@@ -854,6 +877,23 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The queries a mode could not answer, with their reasons, counted by reason (the first
+/// line of each, so that the same fault on many queries is one row).
+fn query_failures(inputs: &[PairInput], notes: &[serde_json::Value]) -> serde_json::Value {
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    let mut queries = Vec::new();
+    for (input, n) in inputs.iter().zip(notes) {
+        let Some(e) = n["error"].as_str() else {
+            continue;
+        };
+        *by_reason
+            .entry(e.lines().next().unwrap_or("").to_string())
+            .or_default() += 1;
+        queries.push(serde_json::json!({ "id": input.id, "error": e }));
+    }
+    serde_json::json!({ "count": queries.len(), "by_reason": by_reason, "queries": queries })
+}
+
 /// What the recall figures are over.
 fn recall_note(with_match: usize) -> &'static str {
     if with_match == 0 {
@@ -894,6 +934,16 @@ fn print_eval(
     for (summary, v) in reports {
         println!("\n== mode {} ==", v["mode"].as_str().unwrap_or(""));
         print_table(summary, Protocols::ALL);
+        let failures = &v["query_failures"];
+        if failures["count"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "failed queries {} (counted as invalid; ids and reasons in --per-item / --json)",
+                failures["count"]
+            );
+            for (reason, n) in failures["by_reason"].as_object().into_iter().flatten() {
+                println!("               {n} x {reason}");
+            }
+        }
         println!(
             "latency        p50 {} ms, p95 {} ms per query",
             fmt_opt(v["latency_ms"]["p50"].as_f64()),
@@ -1220,11 +1270,23 @@ pub async fn bench_select(args: BenchSelectArgs) -> Result<ExitCode> {
     bar.set_message("answering by selection");
     let (mut executed, mut check_seconds, mut decode_seconds) = (0usize, 0.0, 0.0);
     let mut per_image = Vec::with_capacity(total);
+    let mut failed: BTreeMap<String, usize> = BTreeMap::new();
     for row in reader.rows(split).take(total) {
         let row = row?;
         let t = Instant::now();
-        let image = row.decode_image()?;
-        let vector = retriever.encoder().encode(&image)?;
+        let embedded = row
+            .decode_image()
+            .map_err(anyhow::Error::from)
+            .and_then(|i| Ok((retriever.encoder().encode(&i)?, i)));
+        let (vector, image) = match embedded {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("{} (id {}): {e:#}", row.origin, row.deepcad_id);
+                *failed.entry(format!("{e:#}")).or_default() += 1;
+                bar.inc(1);
+                continue;
+            }
+        };
         let (_, sel) = select_answer(
             &retriever,
             generator.as_ref(),
@@ -1242,11 +1304,18 @@ pub async fn bench_select(args: BenchSelectArgs) -> Result<ExitCode> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if per_image.is_empty() {
+        bail!(
+            "no query of {} {split} could be embedded: {failed:?}",
+            args.corpus.display()
+        );
+    }
     let mut sorted = per_image.clone();
     sorted.sort_by(f64::total_cmp);
-    let n = total as f64;
+    let n = per_image.len() as f64;
     println!(
-        "bench select: {total} queries of {} {split}, {} workers, model {}, {} samples, {} snippets{}",
+        "bench select: {} queries of {} {split}, {} workers, model {}, {} samples, {} snippets{}",
+        per_image.len(),
         args.corpus.display(),
         pool.size(),
         args.model
@@ -1276,5 +1345,8 @@ pub async fn bench_select(args: BenchSelectArgs) -> Result<ExitCode> {
         fmt_opt(percentile(&sorted, 95.0)),
         decode_seconds / n
     );
+    for (reason, k) in &failed {
+        println!("  skipped {k} queries    {reason}");
+    }
     Ok(ExitCode::SUCCESS)
 }

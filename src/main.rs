@@ -87,7 +87,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub(crate) struct PoolArgs {
     /// Worker processes (default: number of cores).
     #[arg(long)]

@@ -1,6 +1,7 @@
 //! End-to-end: execution-guided selection on a real synthetic corpus with the pixel index and
 //! no model (the retrieved snippets are the candidates): `rag generate --refine --explain`,
-//! the never-invalid fallback, and `rag eval --mode rerank,refine --rank-check`.
+//! the never-invalid fallback, candidates that fail in the real sandbox and renderer, and
+//! `rag eval --mode rerank,refine --rank-check`.
 //! Needs the CadQuery environment. The generator's candidates are covered in tests/generator.rs.
 
 mod common;
@@ -151,4 +152,75 @@ fn selection_reranks_refines_falls_back_and_correlates() {
         ]),
         "--retrieval-only",
     );
+}
+
+/// Real programs that fail at each stage, as the retrieved candidates of one query: a solid
+/// whose render is blank (a unit cube beside a speck far away: the framing shrinks the cube
+/// below a pixel), a program that hangs, one that builds no solid and one that raises.
+#[test]
+fn candidates_that_fail_at_any_stage_are_listed_and_a_good_one_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synth = tmp.path().join("synth");
+    synth_corpus(&synth, "6", "3", "0.0", "0.0");
+    let rows: Vec<_> = CorpusReader::open(&synth)
+        .unwrap()
+        .rows(Split::Train)
+        .take(2)
+        .map(|r| r.unwrap())
+        .collect();
+    let (good, other) = (&rows[0], &rows[1]);
+    let head = "import cadquery as cq\n";
+    let codes = [
+        ("blank", format!("{head}result = cq.Workplane(\"XY\").box(1, 1, 1).union(cq.Workplane(\"XY\").box(0.0001, 0.0001, 0.0001).translate((10000, 10000, 10000)))\n")),
+        ("hangs", format!("{head}n = sum(range(10 ** 12))\n")),
+        ("empty", format!("{head}result = cq.Workplane(\"XY\")\n")),
+        ("raises", format!("{head}result = undefined_name\n")),
+        ("other", other.cadquery.clone()),
+        ("good", good.cadquery.clone()),
+    ];
+    // Every row shows the query's picture, so all six are retrieved with the same score.
+    let corpus = tmp.path().join("crafted");
+    std::fs::create_dir(&corpus).unwrap();
+    let mut jsonl = String::new();
+    for (id, code) in &codes {
+        std::fs::write(corpus.join(format!("{id}.png")), &good.image_png).unwrap();
+        let row = serde_json::json!({"id": id, "code": code, "split": "train"});
+        jsonl.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(corpus.join("rows.jsonl"), jsonl).unwrap();
+    let index = tmp.path().join("index");
+    let o = pixel_index(&corpus, &index, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let query = tmp.path().join("query.png");
+    std::fs::write(&query, &good.image_png).unwrap();
+
+    let o = rag(&[
+        "generate",
+        s(&query),
+        "--index",
+        s(&index),
+        "--candidates",
+        "6",
+        "--explain",
+        "--timeout",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        good.cadquery.trim()
+    );
+    let err = stderr(&o);
+    let row_of = |id: &str| {
+        err.lines()
+            .find(|l| l.contains(&format!("({id})")))
+            .unwrap_or_else(|| panic!("no row for {id} in\n{err}"))
+            .to_string()
+    };
+    assert!(row_of("good").contains("CHOSEN"), "{err}");
+    assert!(row_of("other").contains(" ok "), "{err}");
+    assert!(row_of("blank").contains("blank_render"), "{err}");
+    assert!(row_of("hangs").contains("timeout"), "{err}");
+    assert!(row_of("empty").contains("no_solid"), "{err}");
+    assert!(row_of("raises").contains("runtime"), "{err}");
 }

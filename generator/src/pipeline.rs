@@ -43,8 +43,11 @@ pub struct Answer {
     pub mode: Mode,
     /// The neighbours retrieved (best first).
     pub neighbours: Vec<Neighbour>,
-    /// The model's output, for the model paths.
+    /// The model's output, for the model paths when decoding succeeded.
     pub generation: Option<Generation>,
+    /// Why the model wrote nothing (a model path whose decoding failed): the answer is then
+    /// empty, and a checked answer falls back to the neighbours.
+    pub decode_error: Option<String>,
     /// Seconds embedding the image.
     pub embed_seconds: f64,
     /// Seconds in the vector search.
@@ -77,6 +80,7 @@ pub fn answer_vector(
         mode,
         neighbours: set.neighbours,
         generation: None,
+        decode_error: None,
         embed_seconds: 0.0,
         search_seconds: set.search_seconds,
         decode_seconds: 0.0,
@@ -104,10 +108,23 @@ pub fn answer_vector(
                 Vec::new()
             };
             let t = Instant::now();
-            let generation = g.generate(vector, &codes, opts)?;
+            // A vector of the wrong width is the query's fault; any other failure is the
+            // model's output's, and leaves the neighbours to answer.
+            let dims = g.model.config().encoder.dims;
+            if vector.len() != dims {
+                return Err(GeneratorError::Settings(format!(
+                    "image vector has {} dimensions, the model reads {dims}",
+                    vector.len()
+                )));
+            }
+            match g.generate(vector, &codes, opts) {
+                Ok(generation) => {
+                    out.code = generation.code.clone();
+                    out.generation = Some(generation);
+                }
+                Err(e) => out.decode_error = Some(e.to_string()),
+            }
             out.decode_seconds = t.elapsed().as_secs_f64();
-            out.code = generation.code.clone();
-            out.generation = Some(generation);
         }
     }
     Ok(out)

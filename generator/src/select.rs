@@ -6,6 +6,8 @@
 //! retrieved snippet does.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +15,8 @@ use evaluator::render::CodeRenderError;
 use evaluator::render_match::{compare, RenderMatch};
 use evaluator::WorkerPool;
 use image::RgbImage;
-use retriever::{Neighbour, Retriever};
+use indexer::encoder::{EncoderError, ImageEncoder};
+use retriever::Neighbour;
 use serde::Serialize;
 
 use crate::decode::{DecodeOptions, Strategy};
@@ -142,7 +145,7 @@ pub struct Candidate {
     pub source: CandidateSource,
     pub also: Vec<CandidateSource>,
     pub code: String,
-    /// Sandbox status (`ok` when it built a solid).
+    /// Where it got to: the sandbox's status, or the judging stage that failed ([`status`]).
     pub status: String,
     pub message: String,
     /// Render match, for valid candidates that rendered.
@@ -172,7 +175,8 @@ pub struct Selection {
     pub chosen: Option<usize>,
     pub candidates: Vec<Candidate>,
     pub refinement: Option<Refinement>,
-    /// True when no first-round candidate ran and a further neighbour answered.
+    /// True when no first-round candidate could be ranked, so the answer is a further
+    /// neighbour, or (when nothing renders) the first program that builds a solid.
     pub fell_back: bool,
     /// Programs executed in the sandbox (candidates, fallbacks and refinement).
     pub executed: usize,
@@ -231,11 +235,65 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
-/// Scores programs against one query: executes them in the pool (in parallel), renders the
-/// valid ones, and compares each render with the query image and embedding.
+/// Runs one candidate program and renders its solid in the dataset's style: the sandboxed
+/// CadQuery pool in production; a fake in tests, to reach every failure path.
+pub trait CandidateRunner: Send + Sync + 'static {
+    /// Executes `code` and renders the solid it builds, `size` x `size`.
+    fn render(self: Arc<Self>, code: String, size: u32) -> RenderFuture;
+    /// Programs it runs at once (the refinement's batch size).
+    fn parallelism(&self) -> usize;
+}
+
+/// The future of [`CandidateRunner::render`].
+pub type RenderFuture =
+    Pin<Box<dyn Future<Output = Result<RgbImage, CodeRenderError>> + Send + 'static>>;
+
+impl CandidateRunner for WorkerPool {
+    fn render(self: Arc<Self>, code: String, size: u32) -> RenderFuture {
+        Box::pin(async move { WorkerPool::render(&self, &code, size).await })
+    }
+
+    fn parallelism(&self) -> usize {
+        self.size()
+    }
+}
+
+/// A candidate's status past the sandbox's own (`ok`, `syntax`, `runtime`, `timeout`, ...):
+/// the stage of judging at which it failed. Only `ok` carries a [`RenderFit`].
+pub mod status {
+    /// Built a solid, rendered, embedded and compared.
+    pub const OK: &str = "ok";
+    /// Built a solid but the worker sent no mesh to render.
+    pub const NO_MESH: &str = "no_mesh";
+    /// Built a solid the renderer could not draw (degenerate or malformed mesh).
+    pub const RENDER_FAILED: &str = "render_failed";
+    /// Built a solid whose render is blank (one colour): nothing to compare.
+    pub const BLANK_RENDER: &str = "blank_render";
+    /// The encoder failed on the render.
+    pub const NOT_EMBEDDED: &str = "not_embedded";
+    /// The render could not be compared with the query.
+    pub const NOT_COMPARED: &str = "not_compared";
+    /// The task judging it died (a panic), so nothing is known of it.
+    pub const JUDGE_FAILED: &str = "judge_failed";
+    /// The model failed while decoding it, so there is no program.
+    pub const NOT_DECODED: &str = "not_decoded";
+
+    /// Whether the program built a valid solid (whatever happened after): such a candidate
+    /// is a valid answer even when it cannot be ranked.
+    pub fn built_solid(status: &str) -> bool {
+        matches!(
+            status,
+            OK | NO_MESH | RENDER_FAILED | BLANK_RENDER | NOT_EMBEDDED | NOT_COMPARED
+        )
+    }
+}
+
+/// Scores programs against one query: executes them (in parallel), renders the valid ones,
+/// and compares each render with the query image and embedding. Every failure is the
+/// program's status, never an error of the query.
 pub struct RenderJudge<'a> {
-    pool: Arc<WorkerPool>,
-    retriever: &'a Retriever,
+    runner: Arc<dyn CandidateRunner>,
+    encoder: &'a dyn ImageEncoder,
     query: Arc<RgbImage>,
     query_vector: Vec<f32>,
     /// Programs executed so far.
@@ -244,20 +302,21 @@ pub struct RenderJudge<'a> {
     pub seconds: f64,
 }
 
-/// A judged program: status, message, and fit when it rendered.
+/// A judged program: status (see [`status`]), message, and fit when it rendered.
 type Judged = (String, String, Option<RenderFit>);
 
 impl<'a> RenderJudge<'a> {
-    /// A judge for `query` (any size; compared at [`RENDER_SIZE`]) embedded as `query_vector`.
+    /// A judge for `query` (any size; compared at [`RENDER_SIZE`]) embedded by `encoder` as
+    /// `query_vector`.
     pub fn new(
-        pool: Arc<WorkerPool>,
-        retriever: &'a Retriever,
+        runner: Arc<dyn CandidateRunner>,
+        encoder: &'a dyn ImageEncoder,
         query: &RgbImage,
         query_vector: Vec<f32>,
     ) -> Self {
         RenderJudge {
-            pool,
-            retriever,
+            runner,
+            encoder,
             query: Arc::new(query_at_render_size(query)),
             query_vector,
             executed: 0,
@@ -266,56 +325,76 @@ impl<'a> RenderJudge<'a> {
     }
 
     /// Judges `codes` in parallel, results in input order.
-    pub async fn judge(&mut self, codes: &[String]) -> Result<Vec<Judged>, GeneratorError> {
+    pub async fn judge(&mut self, codes: &[String]) -> Vec<Judged> {
         let t = Instant::now();
         let mut handles = Vec::with_capacity(codes.len());
         for code in codes {
-            let (pool, code, query) = (self.pool.clone(), code.clone(), self.query.clone());
+            let (runner, code, query) = (self.runner.clone(), code.clone(), self.query.clone());
             handles.push(tokio::spawn(async move {
-                match pool.render(&code, RENDER_SIZE).await {
+                match runner.render(code, RENDER_SIZE).await {
                     Ok(img) => match compare(&query, &img) {
-                        Ok(m) => ("ok".into(), String::new(), Some((img, m))),
-                        Err(e) => ("ok".into(), e.to_string(), None),
+                        Ok(m) => (status::OK.into(), String::new(), Some((img, m))),
+                        Err(e) => (status::NOT_COMPARED.into(), e.to_string(), None),
                     },
                     Err(CodeRenderError::NotASolid { status, message }) => {
                         (status.to_string(), message, None)
                     }
-                    Err(CodeRenderError::NoMesh) => {
-                        ("ok".into(), "the worker returned no mesh".into(), None)
-                    }
-                    Err(CodeRenderError::Render(e)) => {
-                        ("ok".into(), format!("not rendered: {e}"), None)
-                    }
+                    Err(CodeRenderError::NoMesh) => (
+                        status::NO_MESH.into(),
+                        "the worker returned no mesh".into(),
+                        None,
+                    ),
+                    Err(CodeRenderError::Render(e)) => (
+                        status::RENDER_FAILED.into(),
+                        format!("not rendered: {e}"),
+                        None,
+                    ),
                 }
             }));
         }
         let mut out = Vec::with_capacity(codes.len());
         for h in handles {
-            let (status, message, rendered) = h
-                .await
-                .map_err(|e| GeneratorError::Settings(format!("a sandbox task failed: {e}")))?;
-            let fit = match rendered {
-                Some((img, m)) => {
-                    let v = self.retriever.encoder().encode(&img)?;
-                    Some(RenderFit::new(cosine(&self.query_vector, &v), m))
-                }
-                None => None,
+            let judged = match h.await {
+                Ok((st, message, Some((img, m)))) => match self.encoder.encode(&img) {
+                    Ok(v) => (
+                        st,
+                        message,
+                        Some(RenderFit::new(cosine(&self.query_vector, &v), m)),
+                    ),
+                    Err(EncoderError::Blank) => (
+                        status::BLANK_RENDER.into(),
+                        "the solid renders as a blank image".into(),
+                        None,
+                    ),
+                    Err(e) => (
+                        status::NOT_EMBEDDED.into(),
+                        format!("render not embedded: {e}"),
+                        None,
+                    ),
+                },
+                Ok((st, message, None)) => (st, message, None),
+                Err(e) => (
+                    status::JUDGE_FAILED.into(),
+                    format!("judging failed: {e}"),
+                    None,
+                ),
             };
-            out.push((status, message, fit));
+            out.push(judged);
         }
         self.executed += codes.len();
         self.seconds += t.elapsed().as_secs_f64();
-        Ok(out)
+        out
     }
 }
 
-/// Decodes the model's candidates: the greedy (or beam) output and `samples` samples.
+/// Decodes the model's candidates: the greedy (or beam) output and `samples` samples; a
+/// decode that fails is that candidate's error, not the query's.
 fn model_candidates(
     generator: &Generator,
     vector: &[f32],
     neighbours: &[Neighbour],
     opts: &SelectOptions,
-) -> Result<Vec<(CandidateSource, String)>, GeneratorError> {
+) -> Vec<(CandidateSource, Result<String, GeneratorError>)> {
     let k = generator.model.config().layout.k;
     let codes: Vec<&str> = neighbours.iter().take(k).map(|n| n.code.as_str()).collect();
     let decode = |strategy| DecodeOptions {
@@ -334,7 +413,9 @@ fn model_candidates(
     };
     out.push((
         source,
-        generator.generate(vector, &codes, &decode(strategy))?.code,
+        generator
+            .generate(vector, &codes, &decode(strategy))
+            .map(|g| g.code),
     ));
     for i in 0..opts.samples as u64 {
         let seed = opts.seed.wrapping_add(i);
@@ -345,10 +426,12 @@ fn model_candidates(
         };
         out.push((
             CandidateSource::Sample { seed },
-            generator.generate(vector, &codes, &decode(strategy))?.code,
+            generator
+                .generate(vector, &codes, &decode(strategy))
+                .map(|g| g.code),
         ));
     }
-    Ok(out)
+    out
 }
 
 /// Collapses identical programs (whitespace, comments and digits past the 4th significant
@@ -396,12 +479,25 @@ pub async fn select(
     vector: &[f32],
     neighbours: &[Neighbour],
     opts: &SelectOptions,
-) -> Result<Selection, GeneratorError> {
+) -> Selection {
     let t = Instant::now();
-    let mut raw = match generator {
-        Some(g) => model_candidates(g, vector, neighbours, opts)?,
-        None => Vec::new(),
-    };
+    let mut raw = Vec::new();
+    let mut undecoded = Vec::new();
+    if let Some(g) = generator {
+        for (source, code) in model_candidates(g, vector, neighbours, opts) {
+            match code {
+                Ok(code) => raw.push((source, code)),
+                Err(e) => undecoded.push(Candidate {
+                    source,
+                    also: Vec::new(),
+                    code: String::new(),
+                    status: status::NOT_DECODED.into(),
+                    message: format!("decoding failed: {e}"),
+                    fit: None,
+                }),
+            }
+        }
+    }
     let decode_seconds = t.elapsed().as_secs_f64();
     for n in neighbours.iter().take(opts.neighbours) {
         raw.push((
@@ -415,19 +511,20 @@ pub async fn select(
     let mut candidates = merge_duplicates(raw);
     let (executed0, seconds0) = (judge.executed, judge.seconds);
     let codes: Vec<String> = candidates.iter().map(|c| c.code.clone()).collect();
-    for (c, (status, message, fit)) in candidates.iter_mut().zip(judge.judge(&codes).await?) {
+    for (c, (status, message, fit)) in candidates.iter_mut().zip(judge.judge(&codes).await) {
         c.status = status;
         c.message = message;
         c.fit = fit;
     }
+    candidates.extend(undecoded);
     let mut chosen = best_valid(&candidates);
     let mut fell_back = false;
     if chosen.is_none() {
-        // Never invalid: the next neighbours in rank order, the first that runs.
+        // Never invalid: the next neighbours in rank order, the first that renders.
         for n in neighbours.iter().skip(opts.neighbours) {
-            let judged = judge.judge(std::slice::from_ref(&n.code)).await?;
+            let judged = judge.judge(std::slice::from_ref(&n.code)).await;
             let (status, message, fit) = judged.into_iter().next().unwrap_or_default();
-            let ok = status == "ok";
+            let ranked = fit.is_some();
             candidates.push(Candidate {
                 source: CandidateSource::Neighbour {
                     rank: n.rank,
@@ -439,17 +536,24 @@ pub async fn select(
                 message,
                 fit,
             });
-            if ok {
+            if ranked {
                 chosen = Some(candidates.len() - 1);
                 fell_back = true;
                 break;
             }
         }
     }
+    if chosen.is_none() {
+        // Nothing could be ranked: a program that builds a solid still beats no answer.
+        chosen = candidates
+            .iter()
+            .position(|c| status::built_solid(&c.status));
+        fell_back = chosen.is_some();
+    }
     let mut refinement = None;
     if let (Some(r), Some(i)) = (&opts.refine, chosen) {
         if let Some(from) = candidates[i].fit {
-            let (code, fit, report) = refine(judge, &candidates[i].code, from, r).await?;
+            let (code, fit, report) = refine(judge, &candidates[i].code, from, r).await;
             if fit.score > from.score {
                 candidates.push(Candidate {
                     source: CandidateSource::Refined {
@@ -457,7 +561,7 @@ pub async fn select(
                     },
                     also: Vec::new(),
                     code,
-                    status: "ok".into(),
+                    status: status::OK.into(),
                     message: String::new(),
                     fit: Some(fit),
                 });
@@ -466,7 +570,7 @@ pub async fn select(
             refinement = Some(report);
         }
     }
-    Ok(Selection {
+    Selection {
         code: chosen.map_or_else(String::new, |i| candidates[i].code.clone()),
         chosen,
         candidates,
@@ -475,7 +579,7 @@ pub async fn select(
         executed: judge.executed - executed0,
         decode_seconds,
         check_seconds: judge.seconds - seconds0,
-    })
+    }
 }
 
 /// The step a coordinate move starts with, per kind of parameter: extrude distances and
@@ -517,7 +621,7 @@ async fn refine(
     code: &str,
     from: RenderFit,
     opts: &RefineOptions,
-) -> Result<(String, RenderFit, Refinement), GeneratorError> {
+) -> (String, RenderFit, Refinement) {
     let mut report = Refinement {
         from_score: from.score,
         to_score: from.score,
@@ -529,13 +633,13 @@ async fn refine(
         Ok(p) => p,
         Err(e) => {
             report.note = format!("not refined: {e}");
-            return Ok((code.to_string(), from, report));
+            return (code.to_string(), from, report);
         }
     };
     let params: Vec<Param> = program.params().to_vec();
     if params.is_empty() {
         report.note = "not refined: no numeric parameters".into();
-        return Ok((code.to_string(), from, report));
+        return (code.to_string(), from, report);
     }
     let mut order: Vec<usize> = (0..params.len()).collect();
     order.sort_by_key(|&i| priority(&params[i]));
@@ -544,7 +648,7 @@ async fn refine(
     let (mut best_code, mut best) = (code.to_string(), from);
     let mut tried: HashMap<String, f64> = HashMap::new();
     tried.insert(code.to_string(), from.score);
-    let batch = judge.pool.size().max(2);
+    let batch = judge.runner.parallelism().max(2);
     'search: loop {
         let mut improved = false;
         let mut moves: Vec<(usize, f64)> = Vec::new();
@@ -578,7 +682,7 @@ async fn refine(
             if codes.is_empty() {
                 continue;
             }
-            let judged = judge.judge(&codes).await?;
+            let judged = judge.judge(&codes).await;
             report.evaluations += codes.len();
             let mut round_best: Option<(usize, RenderFit)> = None;
             for (j, (_, _, fit)) in judged.iter().enumerate() {
@@ -608,7 +712,7 @@ async fn refine(
         }
     }
     report.to_score = best.score;
-    Ok((best_code, best, report))
+    (best_code, best, report)
 }
 
 /// How a selection mode's queries went: programs run, where answers came from, refinement.
@@ -760,7 +864,7 @@ impl Selection {
     pub fn explain(&self) -> String {
         let f = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.4}"));
         let mut out = format!(
-            "{:<4} {:<34} {:<8} {:>7} {:>7} {:>7} {:>7}  note\n",
+            "{:<4} {:<34} {:<13} {:>7} {:>7} {:>7} {:>7}  note\n",
             "rank", "candidate", "status", "score", "encoder", "mask", "edges"
         );
         for (r, i) in self.ranking().into_iter().enumerate() {
@@ -786,7 +890,7 @@ impl Selection {
                 notes.push(c.message.lines().next().unwrap_or("").to_string());
             }
             out.push_str(&format!(
-                "{:<4} {:<34} {:<8} {:>7} {:>7} {:>7} {:>7}  {}\n",
+                "{:<4} {:<34} {:<13} {:>7} {:>7} {:>7} {:>7}  {}\n",
                 r + 1,
                 c.source.describe(),
                 c.status,
@@ -1003,6 +1107,132 @@ mod tests {
         assert_eq!(stats.chosen_neighbour, 2);
         assert_eq!(stats.chosen_model, 0);
         assert_eq!(stats.executed_mean, Some(3.0));
+    }
+
+    /// A runner that answers by the program's text: `good N` draws a square of side N,
+    /// `blank` a white image, `degenerate` a render error, `timeout` the sandbox's timeout,
+    /// `panic` a panicking task, `small` a render at the wrong size.
+    struct FakeRunner;
+
+    impl CandidateRunner for FakeRunner {
+        fn render(self: Arc<Self>, code: String, size: u32) -> RenderFuture {
+            Box::pin(async move {
+                let square = |side: u32, size: u32| {
+                    let lo = (size - side) / 2;
+                    RgbImage::from_fn(size, size, |x, y| {
+                        let inside = (lo..lo + side).contains(&x) && (lo..lo + side).contains(&y);
+                        // Two shades, so the cropped thumbnail is not one uniform colour.
+                        let grey = if x < lo + side / 2 { 60 } else { 150 };
+                        image::Rgb(if inside { [grey; 3] } else { [255; 3] })
+                    })
+                };
+                match code.split_whitespace().collect::<Vec<_>>()[..] {
+                    ["good", n] => Ok(square(n.parse().unwrap(), size)),
+                    ["blank"] => Ok(RgbImage::from_pixel(size, size, image::Rgb([255; 3]))),
+                    ["degenerate"] => Err(CodeRenderError::Render(
+                        evaluator::render::RenderError::EmptyMesh,
+                    )),
+                    ["timeout"] => Err(CodeRenderError::NotASolid {
+                        status: "timeout",
+                        message: "timed out after 10 s".into(),
+                    }),
+                    ["small"] => Ok(square(4, 8)),
+                    _ => panic!("the fake runner does not know {code:?}"),
+                }
+            })
+        }
+
+        fn parallelism(&self) -> usize {
+            2
+        }
+    }
+
+    fn neighbours(codes: &[&str]) -> Vec<Neighbour> {
+        codes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Neighbour {
+                rank: i + 1,
+                id: format!("n{}", i + 1),
+                score: 0.5,
+                code: (*c).into(),
+                data_id: i,
+            })
+            .collect()
+    }
+
+    async fn select_among(codes: &[&str], first_round: usize) -> Selection {
+        let encoder = indexer::encoder::PixelEncoder::new(16);
+        let query = Arc::new(FakeRunner)
+            .render("good 200".into(), RENDER_SIZE)
+            .await
+            .unwrap();
+        let vector = encoder.encode(&query).unwrap();
+        let mut judge = RenderJudge::new(Arc::new(FakeRunner), &encoder, &query, vector.clone());
+        let opts = SelectOptions {
+            neighbours: first_round,
+            ..SelectOptions::default()
+        };
+        select(&mut judge, None, &vector, &neighbours(codes), &opts).await
+    }
+
+    #[tokio::test]
+    async fn a_candidate_that_fails_at_any_stage_is_its_status_not_the_querys_error() {
+        let codes = [
+            "blank",
+            "degenerate",
+            "good 100",
+            "timeout",
+            "panic",
+            "small",
+            "good 190",
+        ];
+        let sel = select_among(&codes, codes.len()).await;
+        let statuses: Vec<&str> = sel.candidates.iter().map(|c| c.status.as_str()).collect();
+        assert_eq!(
+            statuses,
+            [
+                status::BLANK_RENDER,
+                status::RENDER_FAILED,
+                status::OK,
+                "timeout",
+                status::JUDGE_FAILED,
+                status::NOT_COMPARED,
+                status::OK
+            ]
+        );
+        assert_eq!(sel.code, "good 190", "the closest good square wins");
+        assert!(!sel.fell_back);
+        let text = sel.explain();
+        for (status, message) in [
+            ("blank_render", "renders as a blank image"),
+            ("render_failed", "no triangles"),
+            ("timeout", "timed out after 10 s"),
+            ("judge_failed", "judging failed"),
+            ("not_compared", "image sizes differ"),
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.contains(status))
+                .unwrap_or_else(|| panic!("no {status} row in\n{text}"));
+            assert!(line.contains(message), "{line}");
+        }
+        assert!(text.lines().nth(1).unwrap().contains("CHOSEN"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn unrankable_first_round_falls_back_to_the_next_neighbour_that_renders() {
+        let sel = select_among(&["blank", "timeout", "degenerate", "good 120"], 2).await;
+        assert_eq!(sel.code, "good 120");
+        assert!(sel.fell_back);
+        assert_eq!(sel.candidates.len(), 4, "every fallback tried is listed");
+        // When nothing renders, a program that builds a solid still answers.
+        let sel = select_among(&["timeout", "blank", "degenerate"], 1).await;
+        assert_eq!(sel.code, "blank");
+        assert!(sel.fell_back && sel.chosen().unwrap().fit.is_none());
+        let sel = select_among(&["timeout", "panic"], 1).await;
+        assert_eq!(sel.chosen, None);
+        assert!(sel.code.is_empty());
     }
 
     #[test]
