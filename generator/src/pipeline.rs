@@ -108,20 +108,15 @@ pub fn answer_vector(
                 Vec::new()
             };
             let t = Instant::now();
-            // A vector of the wrong width is the query's fault; any other failure is the
-            // model's output's, and leaves the neighbours to answer.
-            let dims = g.model.config().encoder.dims;
-            if vector.len() != dims {
-                return Err(GeneratorError::Settings(format!(
-                    "image vector has {} dimensions, the model reads {dims}",
-                    vector.len()
-                )));
-            }
+            // Settings that do not fit the model (a vector of the wrong width) are the
+            // query's fault; any other failure is the model's output's, and leaves the
+            // neighbours to answer.
             match g.generate(vector, &codes, opts) {
                 Ok(generation) => {
                     out.code = generation.code.clone();
                     out.generation = Some(generation);
                 }
+                Err(e @ GeneratorError::Settings(_)) => return Err(e),
                 Err(e) => out.decode_error = Some(e.to_string()),
             }
             out.decode_seconds = t.elapsed().as_secs_f64();
