@@ -855,15 +855,14 @@ def stable_volume_iou(request, cq, gt, gt_shape, pred, pred_shape):
                                         all_patterns)
     if gt["props"].get("valid") and pred["props"].get("valid"):
         return iou, message, booleans
-    seen, held = [iou], []
+    seen, held = ([] if iou is None else [iou]), []
     for attempt in range(1, INVALID_SOLID_BUILDS):
         # new shapes must land at new addresses: keep a differently sized block alive
         held.append(bytearray(4096 * attempt * attempt))
         again_gt, again_gt_shape = outcome_of(request["gt"], cq, False, False)
         again_pred, again_pred_shape = outcome_of(request["pred"], cq, False, False)
-        if again_gt_shape is None or again_pred_shape is None:
-            break
-        if "props" not in again_gt or "props" not in again_pred:
+        if (again_gt_shape is None or again_pred_shape is None
+                or "props" not in again_gt or "props" not in again_pred):
             break
         # only sign patterns that could beat the best so far are run again
         value, note, count = volume_iou(again_gt_shape, again_gt["props"], again_pred_shape,
@@ -871,11 +870,10 @@ def stable_volume_iou(request, cq, gt, gt_shape, pred, pred_shape):
         booleans += count
         if value is not None:
             seen.append(value)
-        if value is not None and (iou is None or value > iou):
-            iou, message = value, note
-    values = [v for v in seen if v is not None]
-    if values and max(values) - min(values) > 1e-6:
-        shown = ", ".join(f"{v:.4f}" for v in values)
+            if iou is None or value > iou:
+                iou, message = value, note
+    if seen and max(seen) - min(seen) > 1e-6:
+        shown = ", ".join(f"{v:.4f}" for v in seen)
         message = (f"{message}; " if message else "") + (
             f"a solid fails OCC's check and its booleans vary between builds ({shown}): "
             "the best is kept")
