@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use evaluator::score::score_pair;
-use evaluator::{CodeText, PairInput, Protocols, Summary, WorkerPool};
+use evaluator::{Breakdown, CodeText, PairInput, Protocols, Summary, WorkerPool};
 use generator::fallback::{first_that_runs, CodeSource};
 use generator::select::{
     self, select, RankCheck, RefineOptions, RenderJudge, ScoredCandidate, SelectOptions, Selection,
@@ -797,6 +797,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
         let p50 = percentile(&latencies, 50.0).map(|s| s * 1e3);
         let p95 = percentile(&latencies, 95.0).map(|s| s * 1e3);
         let mut v = summary.to_json(Protocols::ALL);
+        v["breakdown"] = serde_json::to_value(Breakdown::of(its))?;
         v["mode"] = run.mode.as_str().into();
         v["index"] = args.index.display().to_string().into();
         v["encoder"] = retriever.manifest().encoder.id.clone().into();
@@ -1013,6 +1014,39 @@ fn print_eval(
                 fmt_opt(s.volume_iou_mean_all),
                 fmt_opt(v["latency_ms"]["p50"].as_f64())
             );
+        }
+    }
+    print_breakdown(reports);
+}
+
+/// The modes' volume / shell IoU (invalid as 0) side by side per ground-truth group.
+fn print_breakdown(reports: &[(Summary, serde_json::Value)]) {
+    println!("\nby ground truth: volume / shell IoU, invalid as 0");
+    let mut header = format!("  {:<14} {:>4}", "group", "n");
+    for (_, v) in reports {
+        header.push_str(&format!(" {:>15}", v["mode"].as_str().unwrap_or("")));
+    }
+    println!("{header}");
+    for key in ["by_sketch_count", "by_bodies"] {
+        let Some(groups) = reports[0].1["breakdown"][key].as_array() else {
+            continue;
+        };
+        for (g, group) in groups.iter().enumerate() {
+            let mut line = format!(
+                "  {:<14} {:>4}",
+                group["group"].as_str().unwrap_or(""),
+                group["n"].as_u64().unwrap_or(0)
+            );
+            for (_, v) in reports {
+                let gs = &v["breakdown"][key][g];
+                let cell = format!(
+                    "{} / {}",
+                    fmt_opt(gs["volume_iou_mean_all"].as_f64()),
+                    fmt_opt(gs["shell_iou_mean_all"].as_f64())
+                );
+                line.push_str(&format!(" {cell:>15}"));
+            }
+            println!("{line}");
         }
     }
 }

@@ -22,6 +22,6 @@ pub mod worker;
 pub use codeset::{CodeSet, CodeSetError, CodeText};
 pub use env::{PythonEnv, SetupOutcome};
 pub use protocol::{Execution, PairExecution, Status};
-pub use score::{ItemScore, PairInput, Protocols, Summary};
+pub use score::{sketch_count, Breakdown, GroupStats, ItemScore, PairInput, Protocols, Summary};
 pub use shape::{ShapeSignature, SignatureError};
 pub use worker::{PatternSearch, SandboxLimits, Wants, WorkerPool};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::score::{ItemScore, Summary};
+use crate::score::{Breakdown, GroupStats, ItemScore, Summary};
 use crate::Status;
 
 /// Histogram bins over [0, 1].
@@ -33,6 +33,47 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// The modes' volume / shell IoU (invalid as 0) per ground-truth group: sketch count and
+/// single vs multi-body.
+fn breakdown_table(h: &mut String, modes: &[ModeReport]) {
+    if modes.is_empty() {
+        return;
+    }
+    let all: Vec<Breakdown> = modes.iter().map(|m| Breakdown::of(&m.items)).collect();
+    h.push_str(
+        "<h2>By ground truth</h2>\n<table id=\"breakdown\"><tr><th class=\"l\">group</th><th>queries</th>",
+    );
+    for m in modes {
+        let _ = write!(h, "<th>{} volume / shell IoU</th>", escape(&m.name));
+    }
+    h.push_str("</tr>\n");
+    for pick in [
+        |b: &Breakdown| b.by_sketch_count.clone(),
+        |b: &Breakdown| b.by_bodies.clone(),
+    ] {
+        let groups: Vec<Vec<GroupStats>> = all.iter().map(pick).collect();
+        for (g, group) in groups[0].iter().enumerate() {
+            let _ = write!(
+                h,
+                "<tr><td class=\"l\">{}</td><td>{}</td>",
+                escape(&group.group),
+                group.n
+            );
+            for mode in &groups {
+                let gs = &mode[g];
+                let _ = write!(
+                    h,
+                    "<td>{} / {}</td>",
+                    fmt(gs.volume_iou_mean_all, 3),
+                    fmt(gs.shell_iou_mean_all, 3)
+                );
+            }
+            h.push_str("</tr>\n");
+        }
+    }
+    h.push_str("</table>\n<p>Invalid predictions count as 0.</p>\n");
 }
 
 /// One evaluated mode as the report shows it.
@@ -378,7 +419,11 @@ pub fn write_report(dir: &Path, report: &Report) -> Result<PathBuf, ReportError>
     }
     h.push_str(
         "</table>\n<p>valid: mean over predictions that built a solid (the published way); \
-         all: invalid predictions count as 0.</p>\n<h2>Outcomes by status</h2>\n\
+         all: invalid predictions count as 0.</p>\n",
+    );
+    breakdown_table(&mut h, &report.modes);
+    h.push_str(
+        "<h2>Outcomes by status</h2>\n\
          <table id=\"statuses\"><tr><th class=\"l\">status</th>",
     );
     for m in &report.modes {
@@ -508,6 +553,8 @@ mod tests {
             seconds: 0.1,
             gt_ok: true,
             volume_booleans: 0,
+            gt_sketches: None,
+            gt_solids: None,
         }
     }
 
@@ -558,10 +605,14 @@ mod tests {
     #[test]
     fn writes_page_histograms_and_gallery_files() {
         let dir = tempfile::tempdir().unwrap();
-        let items = vec![
+        let mut items = vec![
             item("a<1>", Status::Ok, Some(0.8)),
             item("b", Status::Timeout, None),
         ];
+        items[0].gt_sketches = Some(1);
+        items[0].gt_solids = Some(1);
+        items[1].gt_sketches = Some(3);
+        items[1].gt_solids = Some(2);
         let png = crate::render::encode_png(image::RgbImage::from_pixel(
             4,
             4,
@@ -596,6 +647,8 @@ mod tests {
         let html = std::fs::read_to_string(&page).unwrap();
         assert!(html.contains("<td class=\"l\">rag greedy</td><td>2</td><td>0.500</td>"));
         assert!(html.contains("<td class=\"l\">timeout</td><td>1</td>"));
+        assert!(html.contains("<td class=\"l\">1 sketch</td><td>1</td><td>0.800 / 0.400</td>"));
+        assert!(html.contains("<td class=\"l\">multi-body</td><td>1</td><td>0.000 / 0.000</td>"));
         assert!(html.contains("id a&lt;1&gt;"));
         assert!(html.contains("the code did not build a solid"));
         assert!(dir.path().join("hist-rag_greedy.svg").is_file());

@@ -46,6 +46,17 @@ pub struct ItemScore {
     /// OCC booleans the volume IoU ran (for `rag bench score`; not written to files).
     #[serde(skip)]
     pub volume_booleans: u32,
+    /// Sketches in the ground-truth program (`cq.Workplane(` definitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gt_sketches: Option<usize>,
+    /// Disjoint solids the ground truth builds (none when it did not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gt_solids: Option<u32>,
+}
+
+/// Sketches of a GenCAD-dialect program: each one opens a workplane.
+pub fn sketch_count(code: &str) -> usize {
+    code.matches("cq.Workplane(").count()
 }
 
 fn yes() -> bool {
@@ -86,9 +97,14 @@ pub async fn score_pair_with(
         seconds: 0.0,
         gt_ok: true,
         volume_booleans: 0,
+        gt_sketches: None,
+        gt_solids: None,
     };
     let gt = match input.gt {
-        CodeText::Utf8(s) => s,
+        CodeText::Utf8(s) => {
+            item.gt_sketches = Some(sketch_count(&s));
+            s
+        }
         CodeText::NotUtf8 { valid_up_to } => {
             item.gt_ok = false;
             item.message = format!("ground truth: {}", not_utf8(valid_up_to));
@@ -123,6 +139,7 @@ async fn fill_from_pair(item: &mut ItemScore, pair: PairExecution, protocols: Pr
     item.status = pair.pred.status;
     item.message = pair.pred.message.clone();
     item.volume_booleans = pair.volume_booleans;
+    item.gt_solids = pair.gt.props.as_ref().map(|p| p.solid_count);
     let gt_usable = pair.gt.is_valid() && pair.gt.props.as_ref().is_some_and(|p| p.r_g.is_some());
     if !gt_usable {
         item.gt_ok = false;
@@ -194,8 +211,10 @@ fn means(
         .filter(|i| i.status == Status::Ok)
         .map(|i| pick(i).unwrap_or(0.0))
         .collect();
-    let mean_valid = (!valid.is_empty()).then(|| valid.iter().sum::<f64>() / valid.len() as f64);
-    let mean_all = (!scored.is_empty()).then(|| valid.iter().sum::<f64>() / scored.len() as f64);
+    // fold from +0.0: an empty f64 sum is -0.0, which would print as "-0.000".
+    let total = valid.iter().fold(0.0, |a, b| a + b);
+    let mean_valid = (!valid.is_empty()).then(|| total / valid.len() as f64);
+    let mean_all = (!scored.is_empty()).then(|| total / scored.len() as f64);
     (mean_valid, mean_all)
 }
 
@@ -256,6 +275,82 @@ impl Summary {
         }
         v
     }
+}
+
+/// Means of one group of items in a [`Breakdown`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupStats {
+    /// What the group holds, e.g. "2 sketches" or "multi-body".
+    pub group: String,
+    pub n: usize,
+    pub vsr: f64,
+    /// Mean over the group's scored items, an invalid prediction counting as 0.
+    pub volume_iou_mean_all: Option<f64>,
+    pub shell_iou_mean_all: Option<f64>,
+}
+
+/// A run's figures by the ground truth's make-up: sketch count (1, 2, 3, 4+) and single vs
+/// multi-body, because real parts fail the system by how many features they have.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Breakdown {
+    pub by_sketch_count: Vec<GroupStats>,
+    pub by_bodies: Vec<GroupStats>,
+}
+
+impl Breakdown {
+    /// Group items; a group with no item is left out, items whose ground truth did not say
+    /// go to "unknown".
+    pub fn of(items: &[ItemScore]) -> Self {
+        let sketch_group = |i: &ItemScore| match i.gt_sketches {
+            Some(0) | None => "unknown".to_string(),
+            Some(1) => "1 sketch".to_string(),
+            Some(k @ 2..=3) => format!("{k} sketches"),
+            Some(_) => "4+ sketches".to_string(),
+        };
+        let body_group = |i: &ItemScore| match i.gt_solids {
+            Some(1) => "single body".to_string(),
+            Some(k) if k > 1 => "multi-body".to_string(),
+            _ => "unknown".to_string(),
+        };
+        Breakdown {
+            by_sketch_count: group_stats(
+                items,
+                sketch_group,
+                &[
+                    "1 sketch",
+                    "2 sketches",
+                    "3 sketches",
+                    "4+ sketches",
+                    "unknown",
+                ],
+            ),
+            by_bodies: group_stats(items, body_group, &["single body", "multi-body", "unknown"]),
+        }
+    }
+}
+
+fn group_stats(
+    items: &[ItemScore],
+    key: impl Fn(&ItemScore) -> String,
+    order: &[&str],
+) -> Vec<GroupStats> {
+    order
+        .iter()
+        .filter_map(|g| {
+            let members: Vec<ItemScore> = items.iter().filter(|i| key(i) == *g).cloned().collect();
+            if members.is_empty() {
+                return None;
+            }
+            let s = Summary::of(&members, 0.0);
+            Some(GroupStats {
+                group: g.to_string(),
+                n: s.n,
+                vsr: s.vsr,
+                volume_iou_mean_all: s.volume_iou_mean_all,
+                shell_iou_mean_all: s.shell_iou_mean_all,
+            })
+        })
+        .collect()
 }
 
 /// Failures of a scoring run itself (inputs are checked before this).
@@ -407,6 +502,8 @@ mod tests {
             seconds: 0.0,
             gt_ok,
             volume_booleans: 0,
+            gt_sketches: None,
+            gt_solids: None,
         }
     }
 
@@ -444,5 +541,50 @@ mod tests {
         let rows = read_done(&p).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].id, "a");
+    }
+
+    #[test]
+    fn breakdown_groups_by_sketches_and_bodies() {
+        let mut items = vec![
+            item("a", Status::Ok, Some(0.8), true),
+            item("b", Status::Ok, Some(0.4), true),
+            item("c", Status::Syntax, None, true),
+            item("d", Status::Ok, Some(0.6), true),
+            item("e", Status::Ok, Some(0.2), true),
+        ];
+        for (i, (k, bodies)) in [(1, 1), (2, 1), (2, 2), (5, 3), (1, 1)].iter().enumerate() {
+            items[i].gt_sketches = Some(*k);
+            items[i].gt_solids = Some(*bodies);
+        }
+        let b = Breakdown::of(&items);
+        let groups: Vec<(&str, usize)> = b
+            .by_sketch_count
+            .iter()
+            .map(|g| (g.group.as_str(), g.n))
+            .collect();
+        assert_eq!(
+            groups,
+            [("1 sketch", 2), ("2 sketches", 2), ("4+ sketches", 1)]
+        );
+        let one = &b.by_sketch_count[0];
+        assert!((one.volume_iou_mean_all.unwrap() - 0.5).abs() < 1e-12);
+        // The failed prediction counts as 0 in its group's mean and VSR.
+        let two = &b.by_sketch_count[1];
+        assert_eq!(two.vsr, 0.5);
+        assert!((two.volume_iou_mean_all.unwrap() - 0.2).abs() < 1e-12);
+        let bodies: Vec<(&str, usize)> = b
+            .by_bodies
+            .iter()
+            .map(|g| (g.group.as_str(), g.n))
+            .collect();
+        assert_eq!(bodies, [("single body", 3), ("multi-body", 2)]);
+        assert!((b.by_bodies[1].volume_iou_mean_all.unwrap() - 0.3).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sketch_count_counts_workplanes() {
+        let code = "import cadquery as cq\nwp_sketch0 = cq.Workplane(cq.Plane(o, x, n))\nwp_sketch1 = cq.Workplane(cq.Plane(o, x, n))\n";
+        assert_eq!(sketch_count(code), 2);
+        assert_eq!(sketch_count("import cadquery as cq\n"), 0);
     }
 }

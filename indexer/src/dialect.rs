@@ -83,7 +83,7 @@ impl DialectStats {
     /// Add one program.
     pub fn add(&mut self, code: &str) {
         self.parts += 1;
-        let sketches = code.matches("= cq.Workplane(").count();
+        let sketches = evaluator::sketch_count(code);
         self.sketch_hist[sketches.clamp(1, 4) - 1] += 1;
         self.line_to += code.matches(".lineTo(").count();
         self.circle += code.matches(".circle(").count();
