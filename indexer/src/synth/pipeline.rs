@@ -1,6 +1,6 @@
 //! `rag dataset synth`: sample programs, execute them in the sandbox pool, reject what the real
-//! dataset would not hold (failures, multi-solid or invalid B-reps, zero volume, parts too
-//! thin to see, near-duplicates), render the rest in the GenCAD style and write parquet shards.
+//! dataset would not hold (failures, invalid B-reps, zero volume, parts too thin to see,
+//! near-duplicates; parts of several disjoint bodies are kept, as the dataset holds them), render the rest in the GenCAD style and write parquet shards.
 //!
 //! Deterministic for a seed: candidate i is always program i, and acceptance is decided in
 //! candidate order however the executions interleave. Resumable: after every shard (and on
@@ -25,7 +25,7 @@ use crate::corpus::{
 };
 
 /// Version of the sampler + filters; a state file from another version is refused on resume.
-pub const SYNTH_VERSION: u32 = 5;
+pub const SYNTH_VERSION: u32 = 6;
 
 /// The instruction text stored in every row's `prompt` column (ours; the dataset's own text is
 /// not known to us, and no model reads this column).
@@ -535,8 +535,8 @@ fn check(exec: Execution) -> Result<Checked, &'static str> {
     let (Some(props), Some(mesh), Some(edges)) = (exec.props, exec.mesh, exec.edges) else {
         return Err("exec_failed");
     };
-    if props.solid_count != 1 {
-        return Err("multi_solid");
+    if props.solid_count == 0 {
+        return Err("no_solid");
     }
     if !props.valid {
         return Err("invalid_brep");
@@ -556,8 +556,9 @@ fn check(exec: Execution) -> Result<Checked, &'static str> {
     Ok((props, mesh, edges))
 }
 
-/// Parts thinner than this many pixels in the 448 render are rejected as slivers.
-const MIN_THICKNESS_PX: f64 = 3.0;
+/// Parts thinner than this many pixels in the 448 render are rejected as slivers (DeepCAD's
+/// thinnest sheets, 2/128 on a full-size part, are ~2.7 px and stay).
+const MIN_THICKNESS_PX: f64 = 2.0;
 
 /// The thinnest box dimension in pixels of a 448 render (the renderer's framing rule).
 fn thinnest_pixels(dims: [f64; 3]) -> f64 {
@@ -642,10 +643,9 @@ mod tests {
     fn filters_reject_what_the_dataset_would_not_hold() {
         let cube = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0];
         assert!(check(execution(1, true, cube, 1.0)).is_ok());
-        assert_eq!(
-            check(execution(2, true, cube, 1.0)).err(),
-            Some("multi_solid")
-        );
+        // Disjoint bodies are kept: the dataset holds such parts.
+        assert!(check(execution(2, true, cube, 1.0)).is_ok());
+        assert_eq!(check(execution(0, true, cube, 1.0)).err(), Some("no_solid"));
         assert_eq!(
             check(execution(1, false, cube, 1.0)).err(),
             Some("invalid_brep")
@@ -656,6 +656,9 @@ mod tests {
         );
         let foil = [0.0, 0.0, 0.0, 1.0, 1.0, 0.002];
         assert_eq!(check(execution(1, true, foil, 0.002)).err(), Some("sliver"));
+        // A sheet two steps of the 1/128 grid thick on a part of DeepCAD's full size shows.
+        let sheet = [-0.75, -0.45, 0.0, 0.75, 0.45, 2.0 / 128.0];
+        assert!(check(execution(1, true, sheet, 0.02)).is_ok());
         let failed = Execution::failed(Status::Timeout, "killed");
         assert_eq!(check(failed).err(), Some("timeout"));
     }
@@ -687,7 +690,7 @@ mod tests {
 
     #[test]
     fn slivers_are_measured_in_pixels() {
-        assert!(thinnest_pixels([1.0, 1.0, 1.0 / 128.0]) < MIN_THICKNESS_PX);
+        assert!(thinnest_pixels([1.0, 1.0, 1.0 / 512.0]) < MIN_THICKNESS_PX);
         assert!(thinnest_pixels([1.0, 1.0, 0.1]) > MIN_THICKNESS_PX);
     }
 }

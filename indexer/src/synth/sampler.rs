@@ -504,41 +504,8 @@ fn outline(rng: &mut Rng, kind: Outline) -> (Loop, Option<Rect4>, Rect4) {
         }
         Outline::Rounded => {
             let f = g(rng, 3.0, w.min(h) * 0.3);
-            let segs = vec![
-                Seg::Line((w - f, 0.0)),
-                Seg::Arc {
-                    centre: (w - f, f),
-                    radius: f,
-                    mid_angle: -FRAC_PI_4,
-                    to: (w, f),
-                },
-                Seg::Line((w, h - f)),
-                Seg::Arc {
-                    centre: (w - f, h - f),
-                    radius: f,
-                    mid_angle: FRAC_PI_4,
-                    to: (w - f, h),
-                },
-                Seg::Line((f, h)),
-                Seg::Arc {
-                    centre: (f, h - f),
-                    radius: f,
-                    mid_angle: 3.0 * FRAC_PI_4,
-                    to: (0.0, h - f),
-                },
-                Seg::Line((0.0, f)),
-                Seg::Arc {
-                    centre: (f, f),
-                    radius: f,
-                    mid_angle: -3.0 * FRAC_PI_4,
-                    to: (f, 0.0),
-                },
-            ];
             (
-                Loop::Path {
-                    start: (f, 0.0),
-                    segs,
-                },
+                rounded_rect((0.0, 0.0, w, h), f),
                 Some((0.0, 0.0, w, h)),
                 (0.0, f, w, h - f),
             )
@@ -579,6 +546,45 @@ fn outline(rng: &mut Rng, kind: Outline) -> (Loop, Option<Rect4>, Rect4) {
                 (i, i, 2.0 * r - i, 2.0 * r - i),
             )
         }
+    }
+}
+
+/// A rectangle (x0, y0, x1, y1) with corners rounded to radius f, starting at its bottom
+/// edge's first tangent point, counter-clockwise.
+fn rounded_rect((x0, y0, x1, y1): Rect4, f: f64) -> Loop {
+    let segs = vec![
+        Seg::Line((x1 - f, y0)),
+        Seg::Arc {
+            centre: (x1 - f, y0 + f),
+            radius: f,
+            mid_angle: -FRAC_PI_4,
+            to: (x1, y0 + f),
+        },
+        Seg::Line((x1, y1 - f)),
+        Seg::Arc {
+            centre: (x1 - f, y1 - f),
+            radius: f,
+            mid_angle: FRAC_PI_4,
+            to: (x1 - f, y1),
+        },
+        Seg::Line((x0 + f, y1)),
+        Seg::Arc {
+            centre: (x0 + f, y1 - f),
+            radius: f,
+            mid_angle: 3.0 * FRAC_PI_4,
+            to: (x0, y1 - f),
+        },
+        Seg::Line((x0, y0 + f)),
+        Seg::Arc {
+            centre: (x0 + f, y0 + f),
+            radius: f,
+            mid_angle: -3.0 * FRAC_PI_4,
+            to: (x0 + f, y0),
+        },
+    ];
+    Loop::Path {
+        start: (x0 + f, y0),
+        segs,
     }
 }
 
@@ -681,11 +687,28 @@ fn holes(rng: &mut Rng, region: (f64, f64, f64, f64), round: bool) -> Vec<Loop> 
     }
 }
 
-/// A profile: an outline, maybe holes, maybe a concentric bore for discs.
-fn profile(rng: &mut Rng, weights: &[(Outline, f64)], hole_chance: f64) -> Profile {
+/// A profile: an outline, maybe holes, maybe a concentric bore for discs; with `wall_chance`
+/// a rectangle, rounded rectangle or disc is hollowed to a thin wall (tubes and frames).
+fn profile(
+    rng: &mut Rng,
+    weights: &[(Outline, f64)],
+    hole_chance: f64,
+    wall_chance: f64,
+) -> Profile {
     let kinds: Vec<f64> = weights.iter().map(|(_, w)| *w).collect();
     let kind = weights[rng.weighted(&kinds)].0;
     let (outer, region, material) = outline(rng, kind);
+    let walled = matches!(kind, Outline::Rect | Outline::Rounded | Outline::Circle)
+        && rng.chance(wall_chance);
+    if walled {
+        if let Some((inner, strip)) = wall(rng, &outer) {
+            return Profile {
+                loops: vec![outer, inner],
+                material: strip,
+            }
+            .anchored();
+        }
+    }
     let mut loops = vec![outer];
     if let Some(region) = region {
         if rng.chance(hole_chance) {
@@ -695,16 +718,60 @@ fn profile(rng: &mut Rng, weights: &[(Outline, f64)], hole_chance: f64) -> Profi
     Profile { loops, material }.anchored()
 }
 
+/// The inner loop that leaves a thin wall of even thickness inside `outer` (a rectangle, a
+/// rounded rectangle or a circle), and a box inside that wall; none for other outlines.
+fn wall(rng: &mut Rng, outer: &Loop) -> Option<(Loop, Rect4)> {
+    let ((x0, y0), (x1, y1)) = outer.bounds();
+    let small = (x1 - x0).min(y1 - y0);
+    // Walls of 2 to ~15% of the short side: DeepCAD's tubes, channels and frames are thin.
+    let t = g(rng, 2.0, (small * 0.15).max(2.0));
+    if small - 2.0 * t < 4.0 {
+        return None;
+    }
+    let strip = (x0, y0, x1, y0 + t);
+    match outer {
+        Loop::Circle { centre, radius } => Some((
+            Loop::Circle {
+                centre: *centre,
+                radius: radius - t,
+            },
+            (
+                centre.0 - radius + t * 0.2,
+                centre.1 - 1.0,
+                centre.0 - radius + t * 0.8,
+                centre.1 + 1.0,
+            ),
+        )),
+        Loop::Path { segs, .. } => {
+            let fillet = segs.iter().find_map(|s| match s {
+                Seg::Arc { radius, .. } => Some(*radius),
+                Seg::Line(_) => None,
+            });
+            let inner = (x0 + t, y0 + t, x1 - t, y1 - t);
+            let l = match fillet {
+                Some(f) if f - t >= 2.0 => rounded_rect(inner, f - t),
+                _ => path(&[
+                    (inner.0, inner.1),
+                    (inner.2, inner.1),
+                    (inner.2, inner.3),
+                    (inner.0, inner.3),
+                ]),
+            };
+            Some((l, strip))
+        }
+    }
+}
+
 const BASE_OUTLINES: [(Outline, f64); 10] = [
     (Outline::Rect, 40.0),
-    (Outline::LShape, 6.0),
+    (Outline::LShape, 4.5),
     (Outline::TShape, 2.0),
-    (Outline::UShape, 4.0),
-    (Outline::Steps, 2.0),
-    (Outline::Polygon, 5.0),
-    (Outline::Slot, 5.0),
-    (Outline::Rounded, 5.0),
-    (Outline::Tab, 4.0),
+    (Outline::UShape, 3.0),
+    (Outline::Steps, 1.5),
+    (Outline::Polygon, 3.5),
+    (Outline::Slot, 4.5),
+    (Outline::Rounded, 4.5),
+    (Outline::Tab, 3.5),
     (Outline::Circle, 15.0),
 ];
 
@@ -712,9 +779,9 @@ const FEATURE_OUTLINES: [(Outline, f64); 9] = [
     (Outline::Rect, 47.0),
     (Outline::Circle, 19.0),
     (Outline::Slot, 5.0),
-    (Outline::Polygon, 4.0),
+    (Outline::Polygon, 3.5),
     (Outline::Rounded, 4.0),
-    (Outline::LShape, 5.0),
+    (Outline::LShape, 4.0),
     (Outline::UShape, 2.0),
     (Outline::Tab, 4.0),
     (Outline::Steps, 2.0),
@@ -724,6 +791,26 @@ const FEATURE_OUTLINES: [(Outline, f64); 9] = [
 /// one sketch is drawn a little more often because the near-duplicate filter mostly drops
 /// one-sketch parts.
 const SKETCH_COUNTS: [f64; 8] = [57.5, 18.8, 11.8, 4.85, 3.2, 2.1, 1.45, 0.95];
+
+/// Probability that a base sketch is hollowed to a thin wall (a tube, a frame, a channel).
+const WALL_CHANCE: f64 = 0.12;
+
+/// Probability that a boss's sketch is hollowed (a sleeve or a rim on the part).
+const FEATURE_WALL_CHANCE: f64 = 0.06;
+
+/// Probability that a cut is a groove across a whole face.
+const GROOVE_CHANCE: f64 = 0.3;
+
+/// Probability that a further sketch makes a separate body beside the part (DeepCAD holds
+/// many parts of two to four disjoint bodies joined by `union`).
+const SEPARATE_CHANCE: f64 = 0.22;
+
+/// Probability that the second sketch hollows the base from its top face, leaving a floor
+/// and thin walls (trays, boxes, enclosures, cups).
+const POCKET_CHANCE: f64 = 0.12;
+
+/// Probability that a separate body repeats the base sketch (a row of equal bodies).
+const REPEAT_CHANCE: f64 = 0.5;
 
 /// Probability that an extrude is symmetric (both=True): ~9 per 100 parts of ~1.95 sketches.
 const BOTH_CHANCE: f64 = 0.046;
@@ -755,7 +842,17 @@ impl ProgramSampler {
             } else {
                 rng.int(0, solids.len() as i64 - 1) as usize
             };
-            let f = secondary_feature(&mut rng, &features[0], solids[on], body);
+            let special = if features.len() == 1 && rng.chance(POCKET_CHANCE) {
+                pocket_feature(&mut rng, &features[0])
+            } else if rng.chance(SEPARATE_CHANCE) {
+                separate_feature(&mut rng, &features[0], body)
+            } else {
+                None
+            };
+            let f = match special {
+                Some(f) => f,
+                None => secondary_feature(&mut rng, &features[0], solids[on], body),
+            };
             if f.join == Join::Union {
                 let (lo, hi) = f.world_box();
                 for i in 0..3 {
@@ -784,11 +881,20 @@ fn base_orientation(rng: &mut Rng) -> Orientation {
 
 fn base_feature(rng: &mut Rng) -> Feature {
     let orientation = base_orientation(rng);
-    let profile = profile(rng, &BASE_OUTLINES, 0.26);
+    let profile = profile(rng, &BASE_OUTLINES, 0.26, WALL_CHANCE);
     let scale = if rng.chance(0.55) {
         1.5
     } else {
         q128(rng.range(0.4, 1.5))
+    };
+    // Extrude length over sketch size: sheets, plates, blocks, and bars / rods / tubes
+    // longer than their section (those on a smaller section, as DeepCAD's unit box allows).
+    let (scale, ratio) = match rng.weighted(&[7.0, 40.0, 31.0, 15.0, 7.0]) {
+        0 => (scale, rng.range(0.006, 0.03)),
+        1 => (scale, rng.range(0.03, 0.2)),
+        2 => (scale, rng.range(0.2, 0.6)),
+        3 => (scale, rng.range(0.6, 1.0)),
+        _ => (q128(rng.range(0.2, 0.6)), rng.range(1.3, 4.5)),
     };
     let ((u0, v0), (u1, v1)) = profile.bounds();
     let unit = scale / GRID;
@@ -797,12 +903,7 @@ fn base_feature(rng: &mut Rng) -> Feature {
     let probe = SketchPlane::new(orientation, [0.0; 3]);
     let lifted = probe.to_world(-centre.0, -centre.1, 0.0);
     let origin = lifted.map(q128);
-    let ratio = match rng.weighted(&[45.0, 35.0, 20.0]) {
-        0 => rng.range(0.03, 0.2),
-        1 => rng.range(0.2, 0.6),
-        _ => rng.range(0.6, 1.0),
-    };
-    let mut distance = q128(scale * ratio).max(2.0 / 128.0);
+    let mut distance = q128((scale * ratio).min(1.5)).max(2.0 / 128.0);
     let both = rng.chance(BOTH_CHANCE);
     if both {
         distance = q128(distance / 2.0).max(1.0 / 128.0);
@@ -829,12 +930,16 @@ fn secondary_feature(
     solid: (Vec3, Vec3),
     body: (Vec3, Vec3),
 ) -> Feature {
-    let join = if rng.chance(0.27) {
+    // A little over a quarter of further sketches cut, as in the real split, counting the
+    // separate bodies (all unions).
+    let join = if rng.chance(0.25) {
         Join::Cut
     } else {
         Join::Union
     };
-    let profile = profile(rng, &FEATURE_OUTLINES, 0.13);
+    // A groove or channel: a narrow rectangle cut across the whole face.
+    let groove = join == Join::Cut && rng.chance(GROOVE_CHANCE);
+    let mut profile = profile(rng, &FEATURE_OUTLINES, 0.13, FEATURE_WALL_CHANCE);
     let base_axis = dominant_axis(base.plane.normal);
     // Direction the base grows along its normal (+1 / -1 in world terms of that axis).
     let base_growth =
@@ -882,7 +987,21 @@ fn secondary_feature(
     } else {
         rng.range(0.3, 1.0)
     };
-    let scale = q128(face_w.min(face_h) * fill).clamp(2.0 / 128.0, 2.0);
+    let mut scale = q128(face_w.min(face_h) * fill).clamp(2.0 / 128.0, 2.0);
+    if groove {
+        // Long side across the face's longer extent, a little past both ends.
+        let width = g(rng, 6.0, 30.0);
+        let (w, h) = if face_w >= face_h {
+            (GRID, width)
+        } else {
+            (width, GRID)
+        };
+        profile = Profile {
+            loops: vec![path(&[(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)])],
+            material: (0.0, 0.0, w, h),
+        };
+        scale = q128(face_w.max(face_h) * 1.02).clamp(2.0 / 128.0, 2.0);
+    }
     let unit = scale / GRID;
     // Put the centre of the new profile's material box somewhere inside the solid's face.
     let (m0, m1, m2, m3) = profile.material;
@@ -894,8 +1013,16 @@ fn secondary_feature(
             lo + (hi - lo) * rng.range(0.2, 0.8)
         }
     };
-    let a = target(rng, su0, su1) - mu;
-    let b = target(rng, sv0, sv1) - mv;
+    let mut a = target(rng, su0, su1) - mu;
+    let mut b = target(rng, sv0, sv1) - mv;
+    if groove {
+        // Centred along the groove, so that it runs out at both ends.
+        if face_w >= face_h {
+            a = (su0 + su1) / 2.0 - mu;
+        } else {
+            b = (sv0 + sv1) / 2.0 - mv;
+        }
+    }
     let n_sign = n[axis].signum();
     let out_dir = outward * n_sign; // +1 when the plane normal points out of the part there
     let body_depth = bw1 - bw0;
@@ -934,6 +1061,84 @@ fn secondary_feature(
         both,
         join,
     }
+}
+
+/// A cut of the base's outline inset to a thin wall, from the base's far face down to a
+/// floor; none when the base is symmetric or its outline cannot be hollowed evenly.
+fn pocket_feature(rng: &mut Rng, base: &Feature) -> Option<Feature> {
+    if base.both || base.profile.loops.len() != 1 {
+        return None;
+    }
+    let (inner, _) = wall(rng, &base.profile.loops[0])?;
+    let depth = q128(base.distance.abs() * rng.range(0.55, 0.92));
+    if depth < 1.0 / 128.0 || depth > base.distance.abs() - 1.0 / 128.0 {
+        return None;
+    }
+    let n = base.plane.normal;
+    let top: Vec3 = std::array::from_fn(|i| q128(base.plane.origin[i] + base.distance * n[i]));
+    Some(Feature {
+        plane: SketchPlane::new(base.plane.orientation, top),
+        scale: base.scale,
+        profile: Profile {
+            material: base.profile.material,
+            loops: vec![inner],
+        },
+        distance: -base.distance.signum() * depth,
+        both: false,
+        join: Join::Cut,
+    })
+}
+
+/// A body on the base's sketch plane beside everything so far, with a gap: either the base
+/// sketch again (a row of equal bodies) or a new outline of comparable size; none when it
+/// would leave the box |x|, |y|, |z| <= 1 that DeepCAD's normalised parts stay in.
+fn separate_feature(rng: &mut Rng, base: &Feature, body: (Vec3, Vec3)) -> Option<Feature> {
+    let mut f = if rng.chance(REPEAT_CHANCE) {
+        Feature {
+            join: Join::Union,
+            ..base.clone()
+        }
+    } else {
+        let profile = profile(rng, &FEATURE_OUTLINES, 0.13, FEATURE_WALL_CHANCE);
+        let scale = q128(base.scale * rng.range(0.3, 1.0)).max(4.0 / 128.0);
+        let distance = if rng.chance(0.5) {
+            base.distance
+        } else {
+            q128(base.distance * rng.range(0.3, 2.0)).max(2.0 / 128.0) * base.distance.signum()
+        };
+        Feature {
+            plane: base.plane,
+            scale,
+            profile,
+            distance,
+            both: base.both,
+            join: Join::Union,
+        }
+    };
+    // Slide along one of the sketch plane's axes until the new body clears the part.
+    let dir = if rng.chance(0.5) {
+        base.plane.x_dir
+    } else {
+        base.plane.y_dir()
+    };
+    let sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
+    let d: Vec3 = dir.map(|c| c * sign);
+    let span = |b: (Vec3, Vec3)| {
+        box_corners(b)
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
+                let t = dot(*c, d);
+                (lo.min(t), hi.max(t))
+            })
+    };
+    let (_, body_hi) = span(body);
+    let (own_lo, own_hi) = span(f.world_box());
+    let gap = q128((own_hi - own_lo).max(1e-3) * rng.range(0.15, 0.8)).max(3.0 / 128.0);
+    let shift = body_hi - own_lo + gap;
+    let origin: Vec3 = std::array::from_fn(|i| q128(f.plane.origin[i] + shift * d[i]));
+    f.plane = SketchPlane::new(f.plane.orientation, origin);
+    let (lo, hi) = f.world_box();
+    (lo.iter().chain(&hi).all(|c| c.abs() <= 1.0)).then_some(f)
 }
 
 fn dominant_axis(v: Vec3) -> usize {
