@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use evaluator::score::{score_pair_with, score_sets};
+mod coverage;
 mod dataset;
 mod generation;
 mod report;
@@ -183,6 +184,9 @@ enum BenchWhat {
     Index(retrieval::BenchIndexArgs),
     /// Execution-guided selection: candidates executed per second, seconds per image.
     Select(generation::BenchSelectArgs),
+    /// Corpus coverage without a model: per query, the true IoU of the top-1 neighbour, of
+    /// the best render match and of the best of the top k, for one or more indices.
+    Coverage(coverage::BenchCoverageArgs),
     /// Valid samples per second of `dataset synth`.
     Synth {
         /// Valid samples to produce.
@@ -663,6 +667,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             what: BenchWhat::Select(args),
         } => generation::bench_select(args).await,
+        Command::Bench {
+            what: BenchWhat::Coverage(args),
+        } => coverage::bench_coverage(args).await,
         Command::Demo { out } => demo(out).await,
     }
 }

@@ -224,3 +224,146 @@ fn candidates_that_fail_at_any_stage_are_listed_and_a_good_one_answers() {
     assert!(row_of("empty").contains("no_solid"), "{err}");
     assert!(row_of("raises").contains("runtime"), "{err}");
 }
+
+/// `rag bench coverage` on the same queries as `rag eval --mode retrieval`: its top-1 is
+/// retrieval-only's answer (the same IoUs), no choice beats the oracle, and `eval` breaks its
+/// figures down by the ground truth's sketch count and bodies.
+#[test]
+fn coverage_bench_agrees_with_eval_and_bounds_the_choice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (corpus, index, _) = setup(tmp.path());
+    let c = ok_json(&rag(&[
+        "bench",
+        "coverage",
+        "--corpus",
+        s(&corpus),
+        "--index",
+        s(&index),
+        "--k",
+        "4",
+        "--limit",
+        "4",
+        "--json",
+    ]));
+    let cov = &c["indices"][0];
+    assert_eq!(cov["queries"], 4, "{c}");
+    assert_eq!(cov["k"], 4, "{c}");
+    for p in ["volume", "shell"] {
+        let oracle = cov["oracle"][p].as_f64().unwrap();
+        assert!(oracle <= 1.0 + 1e-9, "{c}");
+        for choice in ["top1", "render_match"] {
+            let v = cov[choice][p].as_f64().unwrap();
+            assert!((0.0..=oracle + 1e-9).contains(&v), "{choice} {p}: {c}");
+        }
+    }
+    let e = ok_json(&rag(&[
+        "eval",
+        "--corpus",
+        s(&corpus),
+        "--index",
+        s(&index),
+        "--mode",
+        "retrieval",
+        "--limit",
+        "4",
+        "--json",
+    ]));
+    for (p, key) in [
+        ("volume", "volume_iou_mean_all"),
+        ("shell", "shell_iou_mean_all"),
+    ] {
+        let (top1, eval) = (cov["top1"][p].as_f64().unwrap(), e[key].as_f64().unwrap());
+        assert!(
+            (top1 - eval).abs() < 1e-6,
+            "{p}: bench {top1} vs eval {eval}"
+        );
+    }
+    for key in ["by_sketch_count", "by_bodies"] {
+        let groups = e["breakdown"][key].as_array().unwrap();
+        let n: u64 = groups.iter().map(|g| g["n"].as_u64().unwrap()).sum();
+        assert_eq!(n, 4, "{key}: {e}");
+        assert!(groups.iter().all(|g| g["group"] != "unknown"), "{e}");
+    }
+    fails_with(
+        &rag(&[
+            "bench",
+            "coverage",
+            "--corpus",
+            s(&corpus),
+            "--index",
+            s(&tmp.path().join("no-such-index")),
+        ]),
+        "no-such-index",
+    );
+}
+
+/// A real-dev-style folder (`<id>.png` + `dev.jsonl`, split "test") is read as it is by eval
+/// and the coverage bench; a missing image or a malformed line is an error naming the file
+/// and the line, never a silently shorter run.
+#[test]
+fn a_dev_folder_is_read_in_place_and_its_faults_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (corpus, index, _) = setup(tmp.path());
+    let dev = tmp.path().join("dev");
+    std::fs::create_dir(&dev).unwrap();
+    let rows: Vec<_> = CorpusReader::open(&corpus)
+        .unwrap()
+        .rows(Split::Test)
+        .take(2)
+        .map(|r| r.unwrap())
+        .collect();
+    let mut lines = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        std::fs::write(dev.join(format!("q{i}.png")), &r.image_png).unwrap();
+        lines.push_str(
+            &serde_json::json!({"id": format!("q{i}"), "code": r.cadquery, "split": "test"})
+                .to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::write(dev.join("dev.jsonl"), &lines).unwrap();
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--corpus",
+            s(&dev),
+            "--index",
+            s(&index),
+            "--mode",
+            "retrieval",
+        ];
+        a.extend_from_slice(extra);
+        rag(&a)
+    };
+    let e = ok_json(&eval(&["--json"]));
+    assert_eq!(e["n"], 2, "{e}");
+    let cov = &ok_json(&rag(&[
+        "bench",
+        "coverage",
+        "--corpus",
+        s(&dev),
+        "--index",
+        s(&index),
+        "--k",
+        "2",
+        "--json",
+    ]))["indices"][0];
+    assert_eq!(cov["queries"], 2, "{cov}");
+
+    std::fs::remove_file(dev.join("q1.png")).unwrap();
+    fails_with(&eval(&[]), "q1.png");
+    fails_with(
+        &rag(&[
+            "bench",
+            "coverage",
+            "--corpus",
+            s(&dev),
+            "--index",
+            s(&index),
+        ]),
+        "q1.png",
+    );
+    let first = lines.lines().next().unwrap();
+    std::fs::write(dev.join("dev.jsonl"), format!("{first}\n{{oops\n")).unwrap();
+    fails_with(&eval(&[]), "dev.jsonl: line 2");
+}
