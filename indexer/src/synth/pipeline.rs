@@ -689,6 +689,23 @@ mod tests {
     }
 
     #[test]
+    fn a_tube_is_not_a_near_duplicate_of_the_rod_of_its_box() {
+        // Same box, same drawn edges: a rod and tubes of walls 3 and 2 grid units of 47.
+        let box_of = |fill: f64| execution(1, true, [0.0, 0.0, 0.0, 1.0, 1.0, 3.0], fill * 3.0);
+        let disc = std::f64::consts::FRAC_PI_4;
+        let fills = [
+            disc,
+            disc * (1.0 - (44.0f64 / 47.0).powi(2)),
+            disc * (1.0 - (45.0f64 / 47.0).powi(2)),
+        ];
+        let keys: HashSet<u64> = fills
+            .iter()
+            .map(|f| shape_signature(box_of(*f).props.unwrap(), 6))
+            .collect();
+        assert_eq!(keys.len(), 3);
+    }
+
+    #[test]
     fn slivers_are_measured_in_pixels() {
         assert!(thinnest_pixels([1.0, 1.0, 1.0 / 512.0]) < MIN_THICKNESS_PX);
         assert!(thinnest_pixels([1.0, 1.0, 0.1]) > MIN_THICKNESS_PX);
