@@ -1,6 +1,7 @@
 //! `rag dataset synth`: sample programs, execute them in the sandbox pool, reject what the real
 //! dataset would not hold (failures, invalid B-reps, zero volume, parts too thin to see,
-//! near-duplicates; parts of several disjoint bodies are kept, as the dataset holds them), render the rest in the GenCAD style and write parquet shards.
+//! near-duplicates; parts of several disjoint bodies are kept, as the dataset holds them),
+//! render the rest in the GenCAD style and write parquet shards.
 //!
 //! Deterministic for a seed: candidate i is always program i, and acceptance is decided in
 //! candidate order however the executions interleave. Resumable: after every shard (and on

@@ -728,7 +728,6 @@ fn wall(rng: &mut Rng, outer: &Loop) -> Option<(Loop, Rect4)> {
     if small - 2.0 * t < 4.0 {
         return None;
     }
-    let strip = (x0, y0, x1, y0 + t);
     match outer {
         Loop::Circle { centre, radius } => Some((
             Loop::Circle {
@@ -757,7 +756,7 @@ fn wall(rng: &mut Rng, outer: &Loop) -> Option<(Loop, Rect4)> {
                     (inner.0, inner.3),
                 ]),
             };
-            Some((l, strip))
+            Some((l, (x0, y0, x1, y0 + t)))
         }
     }
 }
@@ -970,14 +969,6 @@ fn secondary_feature(
     };
     let probe = SketchPlane::new(orientation, [0.0; 3]);
     let (x, y, n) = (probe.x_dir, probe.y_dir(), probe.normal);
-    let span = |b: (Vec3, Vec3), d: Vec3| {
-        box_corners(b)
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
-                let t = dot(*c, d);
-                (lo.min(t), hi.max(t))
-            })
-    };
     let (su0, su1) = span(solid, x);
     let (sv0, sv1) = span(solid, y);
     let (bw0, bw1) = span(body, n);
@@ -1123,16 +1114,8 @@ fn separate_feature(rng: &mut Rng, base: &Feature, body: (Vec3, Vec3)) -> Option
     };
     let sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
     let d: Vec3 = dir.map(|c| c * sign);
-    let span = |b: (Vec3, Vec3)| {
-        box_corners(b)
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
-                let t = dot(*c, d);
-                (lo.min(t), hi.max(t))
-            })
-    };
-    let (_, body_hi) = span(body);
-    let (own_lo, own_hi) = span(f.world_box());
+    let (_, body_hi) = span(body, d);
+    let (own_lo, own_hi) = span(f.world_box(), d);
     let gap = q128((own_hi - own_lo).max(1e-3) * rng.range(0.15, 0.8)).max(3.0 / 128.0);
     let shift = body_hi - own_lo + gap;
     let origin: Vec3 = std::array::from_fn(|i| q128(f.plane.origin[i] + shift * d[i]));
@@ -1145,6 +1128,16 @@ fn dominant_axis(v: Vec3) -> usize {
     (0..3)
         .max_by(|&a, &b| v[a].abs().total_cmp(&v[b].abs()))
         .unwrap_or(2)
+}
+
+/// The extent (min, max) of a world box along direction `d`.
+fn span(b: (Vec3, Vec3), d: Vec3) -> (f64, f64) {
+    box_corners(b)
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
+            let t = dot(*c, d);
+            (lo.min(t), hi.max(t))
+        })
 }
 
 fn box_corners((lo, hi): (Vec3, Vec3)) -> [Vec3; 8] {
