@@ -248,6 +248,7 @@ pub(crate) fn info(dir: &Path, check_images: bool, json: bool) -> Result<ExitCod
             "splits": splits,
             "stats": rows,
             "max_code_length": stats.max_length(),
+            "not_dialect": stats.not_dialect,
             "bad_images": bad_images,
         });
         println!("{out}");
@@ -271,6 +272,12 @@ pub(crate) fn info(dir: &Path, check_images: bool, json: bool) -> Result<ExitCod
             stats.max_length(),
             "~4100"
         );
+        if stats.not_dialect > 0 {
+            println!(
+                "outside the dialect: {} of {} programs (not in the counts above)",
+                stats.not_dialect, stats.parts
+            );
+        }
         if check_images {
             println!("undecodable images: {}", bad_images.len());
             for b in bad_images.iter().take(10) {

@@ -8,7 +8,7 @@
 pub mod codeset;
 pub mod env;
 pub mod protocol;
-pub mod pyfloat;
+pub use dialect::pyfloat;
 pub mod reference;
 pub mod render;
 pub mod render_match;

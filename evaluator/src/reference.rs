@@ -128,6 +128,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn samples_print_back_byte_for_byte_through_the_dialect() {
+        for s in samples() {
+            let program =
+                dialect::parse(&s.cadquery).unwrap_or_else(|e| panic!("{}: {e}", s.deepcad_id));
+            assert_eq!(program.code(), s.cadquery, "{}", s.deepcad_id);
+        }
+    }
+
+    #[test]
     fn scales_only_the_first_extrude_argument() {
         let code = "a=w.add(l).extrude(0.5)\nb=w.add(l).extrude( -0.25, both=True)\nc=w.extrude(d)";
         assert_eq!(

@@ -1260,8 +1260,12 @@ mod statistics {
         let s = super::ProgramSampler::new(1);
         let mut st = DialectStats::default();
         for n in 0..4000 {
-            st.add(&s.sample(n).code());
+            let code = s.sample(n).code();
+            let parsed = dialect::parse(&code).unwrap_or_else(|e| panic!("program {n}: {e}"));
+            assert_eq!(parsed.code(), code, "program {n} prints back differently");
+            st.add(&code);
         }
+        assert_eq!(st.not_dialect, 0);
         for (row, (name, real)) in st.compare().iter().zip(REAL) {
             println!("{name:32} {:8.1} {real:8.1}", row.ours);
             let tolerance = if name.starts_with('%') {
