@@ -12,6 +12,7 @@ use evaluator::score::{score_pair_with, score_sets};
 mod coverage;
 mod dataset;
 mod generation;
+mod native;
 mod report;
 mod retrieval;
 mod train;
@@ -187,6 +188,9 @@ enum BenchWhat {
     /// Corpus coverage without a model: per query, the true IoU of the top-1 neighbour, of
     /// the best render match and of the best of the top k, for one or more indices.
     Coverage(coverage::BenchCoverageArgs),
+    /// The native ray-cast renderer against the CadQuery path: unsure rate, mask IoU, grey
+    /// levels and edges per program, and renders per second of each path.
+    Native(native::BenchNativeArgs),
     /// Valid samples per second of `dataset synth`.
     Synth {
         /// Valid samples to produce.
@@ -670,6 +674,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             what: BenchWhat::Coverage(args),
         } => coverage::bench_coverage(args).await,
+        Command::Bench {
+            what: BenchWhat::Native(args),
+        } => native::bench_native(args).await,
         Command::Demo { out } => demo(out).await,
     }
 }

@@ -55,8 +55,8 @@ pub const MAX_SIZE: u32 = 8192;
 const CREASE_COS: f64 = 0.866_025_403_784_438_6;
 /// A corner normal this close to its facet's normal counts as flat (planar faces).
 const FLAT_COS: f64 = 1.0 - 1e-9;
-/// Entries of the |n.v| -> colour table used for smooth shading.
-const LUT_SIZE: usize = 4096;
+/// Entries of the |n.v| -> colour table (`shade_table`) used for smooth shading.
+pub const LUT_SIZE: usize = 4096;
 /// Depth slack, in pixels, of the edge visibility test, on top of float32 rounding.
 const EDGE_DEPTH_EPS: f64 = 0.02;
 /// Slack of the inside test in the triangle rasteriser (px^2), so shared edges leave no
@@ -127,14 +127,14 @@ pub fn shade(nv: f64) -> [u8; 3] {
 
 /// The orthographic camera and framing for one part at one image size.
 #[derive(Debug, Clone, Copy)]
-struct Frame {
+pub struct Frame {
     /// Pixels per model unit.
-    s: f64,
+    pub s: f64,
     /// Centre of the projected bounding box along RIGHT and UP (model units).
-    mr: f64,
-    mu: f64,
+    pub mr: f64,
+    pub mu: f64,
     /// Image centre in continuous pixel coordinates.
-    centre: f64,
+    pub centre: f64,
 }
 
 fn dot(a: &[f64; 3], b: &[f64; 3]) -> f64 {
@@ -169,6 +169,12 @@ impl Frame {
                 hi[k] = hi[k].max(v[k]);
             }
         }
+        Frame::fit_box(lo, hi, size)
+    }
+
+    /// Fit the 8 corners of the axis-aligned box `lo`..`hi` into a `size`-px image: the
+    /// GenCAD framing rule, for any renderer that knows the part's box.
+    pub fn fit_box(lo: [f64; 3], hi: [f64; 3], size: u32) -> Result<Frame, RenderError> {
         let (mut r_lo, mut r_hi, mut u_lo, mut u_hi) = (
             f64::INFINITY,
             f64::NEG_INFINITY,
@@ -201,7 +207,7 @@ impl Frame {
     }
 
     /// Continuous pixel coordinates (x right, y down) and depth in pixels (larger = nearer).
-    fn project(&self, p: &[f64; 3]) -> [f64; 3] {
+    pub fn project(&self, p: &[f64; 3]) -> [f64; 3] {
         [
             self.centre + self.s * (dot(p, &RIGHT) - self.mr),
             self.centre - self.s * (dot(p, &UP) - self.mu),
@@ -547,7 +553,7 @@ fn check(mesh: &Mesh, edges: &Edges, size: u32) -> Result<(), RenderError> {
 }
 
 /// Colour table of `shade` over |n.v| in [0, 1], for per-pixel smooth shading; built once.
-fn shade_table() -> &'static [[u8; 3]] {
+pub fn shade_table() -> &'static [[u8; 3]] {
     static TABLE: std::sync::OnceLock<Vec<[u8; 3]>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         (0..LUT_SIZE)
