@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use evaluator::score::score_pair;
 use evaluator::{Breakdown, CodeText, PairInput, Protocols, Summary, WorkerPool};
 use generator::fallback::{first_that_runs, CodeSource};
+use generator::fit::{Choose, FitOptions};
 use generator::select::{
     self, select, RankCheck, RefineOptions, RenderJudge, ScoredCandidate, SelectOptions, Selection,
     SelectionStats,
@@ -136,7 +137,7 @@ pub struct GenerateArgs {
 /// `rag generate`: one image -> code (retrieval only, or the model with the fallback check).
 pub async fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let retriever = load_retriever(&args.index, None)?;
-    let selecting = args.select.samples.is_some() || args.refine || args.explain;
+    let selecting = args.select.samples.is_some() || args.refine || args.explain || args.select.fit;
     // One sandbox pool for every step that runs code, started by the first that needs it.
     let mut pool: Option<Arc<WorkerPool>> = None;
     let code = if selecting {
@@ -276,7 +277,9 @@ async fn generate_by_selection(
     let t = Instant::now();
     let vector = retriever.encoder().encode(&image)?;
     let embed = t.elapsed().as_secs_f64();
-    let opts = args.select.options(&args.decode, args.refine);
+    let opts = args
+        .select
+        .options(&args.decode, args.refine, args.select.fit);
     let (answer, sel) = select_answer(
         retriever,
         generator.as_ref(),
@@ -358,6 +361,9 @@ pub enum EvalMode {
     Rerank,
     /// Rerank, then the winner's numbers refined against the render match.
     Refine,
+    /// Rerank with the fitted search's programs among the candidates: the retrieved
+    /// structures' numbers fitted to the query by the native renderer.
+    Fit,
 }
 
 impl EvalMode {
@@ -369,6 +375,7 @@ impl EvalMode {
             EvalMode::Rag => "rag",
             EvalMode::Rerank => "rerank",
             EvalMode::Refine => "refine",
+            EvalMode::Fit => "fit",
         }
     }
 
@@ -378,7 +385,7 @@ impl EvalMode {
             EvalMode::Retrieval => Some(Mode::Retrieval),
             EvalMode::Generator => Some(Mode::Generator),
             EvalMode::Rag => Some(Mode::Rag),
-            EvalMode::Rerank | EvalMode::Refine => None,
+            EvalMode::Rerank | EvalMode::Refine | EvalMode::Fit => None,
         }
     }
 }
@@ -399,10 +406,44 @@ pub struct SelectArgs {
     /// Keep DeepCAD's quantisation (1/128 grids, integer sketch coordinates) when refining.
     #[arg(long)]
     quantise: bool,
+    /// Fitted search: fit the retrieved programs' numbers to the query with the native
+    /// renderer and add the best as candidates (`generate`, `bench select`; in `eval`, the
+    /// fit mode).
+    #[arg(long)]
+    fit: bool,
+    /// Retrieved programs the fitted search takes as structures.
+    #[arg(long, default_value_t = FitOptions::default().structures)]
+    fit_structures: usize,
+    /// Of those, the best-matching ones whose numbers are fitted.
+    #[arg(long, default_value_t = FitOptions::default().fitted)]
+    fit_fitted: usize,
+    /// Native renders per fitted structure.
+    #[arg(long, default_value_t = FitOptions::default().budget)]
+    fit_budget: usize,
+    /// Seconds the fitted search may take per image.
+    #[arg(long, default_value_t = FitOptions::default().seconds)]
+    fit_seconds: f64,
+    /// Image side, in pixels, at which the fitted search compares renders with the query.
+    #[arg(long, default_value_t = FitOptions::default().size)]
+    fit_size: u32,
+    /// Weight of the face grey-level term against the coverage term of the native score.
+    #[arg(long, default_value_t = FitOptions::default().grey_weight)]
+    fit_grey_weight: f64,
+    /// With the fitted search, choose the answer among the candidates that ran by the
+    /// render judge's score or by the native score.
+    #[arg(long, value_enum, default_value_t = FitChoose::Judge)]
+    fit_choose: FitChoose,
+}
+
+/// `--fit-choose`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FitChoose {
+    Judge,
+    Native,
 }
 
 impl SelectArgs {
-    fn options(&self, decode: &DecodeArgs, refine: bool) -> SelectOptions {
+    fn options(&self, decode: &DecodeArgs, refine: bool, fit: bool) -> SelectOptions {
         SelectOptions {
             samples: self.samples.unwrap_or(4),
             beam: decode.beam.max(1),
@@ -415,6 +456,19 @@ impl SelectArgs {
             refine: refine.then_some(RefineOptions {
                 budget: self.refine_budget,
                 quantise: self.quantise,
+            }),
+            fit: fit.then_some(FitOptions {
+                structures: self.fit_structures,
+                fitted: self.fit_fitted,
+                budget: self.fit_budget,
+                seconds: self.fit_seconds,
+                size: self.fit_size,
+                grey_weight: self.fit_grey_weight,
+                choose: match self.fit_choose {
+                    FitChoose::Judge => Choose::Judge,
+                    FitChoose::Native => Choose::Native,
+                },
+                ..FitOptions::default()
             }),
         }
     }
@@ -435,7 +489,9 @@ async fn select_answer(
     let k = generator.map_or(0, |g| g.model.config().layout.k);
     let set = retriever.search_vector(
         vector,
-        (opts.neighbours + select::FALLBACK_NEIGHBOURS).max(k),
+        (opts.neighbours + select::FALLBACK_NEIGHBOURS)
+            .max(k)
+            .max(opts.fit.map_or(0, |f| f.structures)),
         &[],
     )?;
     let mut judge = RenderJudge::new(pool.clone(), retriever.encoder(), image, vector.to_vec());
@@ -464,11 +520,19 @@ fn selection_note(sel: &Selection) -> serde_json::Value {
         "fell_back": sel.fell_back,
         "executed": sel.executed,
         "refinement": sel.refinement,
+        "fitted_search": sel.fit.as_ref().map(|f| serde_json::json!({
+            "structures": f.structures,
+            "drawn": f.drawn,
+            "skipped": f.skipped,
+            "renders": f.renders,
+            "seconds": f.seconds,
+        })),
         "candidates": sel.candidates.iter().map(|c| serde_json::json!({
             "source": c.source,
             "also": c.also,
             "status": c.status,
             "fit": c.fit,
+            "native": c.native,
         })).collect::<Vec<_>>(),
     })
 }
@@ -624,16 +688,15 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
         .collect();
     // The selection modes execute candidates while answering; scoring uses the same pool.
     let pool = start_pool(&args.pool).await?;
-    let (rerank_opts, refine_opts) = (
-        args.select.options(&args.decode, false),
-        args.select.options(&args.decode, true),
+    let (rerank_opts, refine_opts, fit_opts) = (
+        args.select.options(&args.decode, false, false),
+        args.select.options(&args.decode, true, false),
+        args.select.options(&args.decode, false, true),
     );
-    let select_opts = |m: EvalMode| {
-        if m == EvalMode::Refine {
-            &refine_opts
-        } else {
-            &rerank_opts
-        }
+    let select_opts = |m: EvalMode| match m {
+        EvalMode::Refine => &refine_opts,
+        EvalMode::Fit => &fit_opts,
+        _ => &rerank_opts,
     };
     let mut queries: Vec<Option<Vec<u8>>> = Vec::new();
     let mut with_match = 0usize;
@@ -967,11 +1030,12 @@ fn print_eval(
             }
         } else if let Some(sel) = v.get("selection") {
             println!(
-                "candidates     {} executed per query (mean); chosen: {} model, {} snippet, {} refined; {} fell back",
+                "candidates     {} executed per query (mean); chosen: {} model, {} snippet, {} refined, {} fitted; {} fell back",
                 fmt_opt(sel["executed_mean"].as_f64()),
                 sel["chosen_model"],
                 sel["chosen_neighbour"],
                 sel["chosen_refined"],
+                sel["chosen_fitted"],
                 sel["fell_back"]
             );
             if let Some(c) = v.get("rank_check") {
@@ -1294,7 +1358,9 @@ pub async fn bench_select(args: BenchSelectArgs) -> Result<ExitCode> {
         None => None,
     };
     let pool = start_pool(&args.pool).await?;
-    let opts = args.select.options(&args.decode, args.refine);
+    let opts = args
+        .select
+        .options(&args.decode, args.refine, args.select.fit);
     let reader = CorpusReader::open(&args.corpus)?;
     let total = args.limit.min(reader.num_rows(split));
     if total == 0 {

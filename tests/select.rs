@@ -367,3 +367,102 @@ fn a_dev_folder_is_read_in_place_and_its_faults_are_named() {
     std::fs::write(dev.join("dev.jsonl"), format!("{first}\n{{oops\n")).unwrap();
     fails_with(&eval(&[]), "dev.jsonl: line 2");
 }
+
+#[test]
+fn the_fitted_search_adds_candidates_that_cadquery_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (corpus, index, query) = setup(tmp.path());
+
+    let code = tmp.path().join("fitted.py");
+    let o = rag(&[
+        "generate",
+        s(&query),
+        "--index",
+        s(&index),
+        "--fit",
+        "--fit-structures",
+        "20",
+        "--explain",
+        "--out",
+        s(&code),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("CHOSEN").count(), 1, "{err}");
+    assert!(err.contains("fitted search: 20 structures"), "{err}");
+    assert!(err.contains("kept neighbour"), "{err}");
+    assert!(
+        err.contains(", fitted ("),
+        "a fitted candidate is listed: {err}"
+    );
+    let o = rag(&["render", s(&code), "--out", s(&tmp.path().join("a.png"))]);
+    assert!(o.status.success(), "the answer runs: {}", stderr(&o));
+
+    // No time at all: the structures are scored as retrieved, and it still answers.
+    let o = rag(&[
+        "generate",
+        s(&query),
+        "--index",
+        s(&index),
+        "--fit",
+        "--fit-seconds",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cq.Workplane"));
+
+    // eval --mode fit: every query answered, the fitted candidates executed in the sandbox,
+    // and the search's budget respected.
+    let per_item = tmp.path().join("items.jsonl");
+    let e = ok_json(&rag(&[
+        "eval",
+        "--corpus",
+        s(&corpus),
+        "--index",
+        s(&index),
+        "--mode",
+        "retrieval,fit",
+        "--limit",
+        "4",
+        "--fit-structures",
+        "10",
+        "--fit-budget",
+        "30",
+        "--per-item",
+        s(&per_item),
+        "--json",
+    ]));
+    let fit = &e["modes"][1];
+    assert_eq!(fit["mode"], "fit");
+    assert_eq!(fit["vsr"], 1.0, "{fit}");
+    let sel = &fit["selection"];
+    let sum: u64 = [
+        "chosen_model",
+        "chosen_neighbour",
+        "chosen_refined",
+        "chosen_fitted",
+    ]
+    .iter()
+    .map(|k| sel[k].as_u64().unwrap())
+    .sum();
+    assert_eq!(sum, 4, "{fit}");
+    let items = std::fs::read_to_string(&per_item).unwrap();
+    let mut fitted_checked = 0;
+    for line in items.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["mode"] != "fit" {
+            continue;
+        }
+        let f = &v["selection"]["fitted_search"];
+        assert_eq!(f["structures"], 10, "{v}");
+        // Each structure once, its variants once each, and at most 30 per fitted structure.
+        assert!(f["renders"].as_u64().unwrap() <= 10 * 13 + 8 * 30, "{v}");
+        for c in v["selection"]["candidates"].as_array().unwrap() {
+            if c["source"]["kind"] == "fitted" {
+                assert_ne!(c["status"], "", "{c}");
+                fitted_checked += 1;
+            }
+        }
+    }
+    assert!(fitted_checked >= 1, "{items}");
+}

@@ -7,6 +7,7 @@
 pub mod compact;
 pub mod decode;
 pub mod fallback;
+pub mod fit;
 pub mod gpt2;
 pub mod grammar;
 pub mod model;

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::fit::{self, FitOptions, FitReport};
 use evaluator::render::CodeRenderError;
 use evaluator::render_match::{compare, RenderMatch};
 use evaluator::WorkerPool;
@@ -54,6 +55,9 @@ pub struct SelectOptions {
     pub constrained: bool,
     /// Refine the winner's numbers (None: no refinement).
     pub refine: Option<RefineOptions>,
+    /// Fit retrieved structures to the query natively and add the best as candidates
+    /// (None: no fitted search).
+    pub fit: Option<FitOptions>,
 }
 
 impl Default for SelectOptions {
@@ -68,6 +72,7 @@ impl Default for SelectOptions {
             max_tokens: 1024,
             constrained: true,
             refine: None,
+            fit: None,
         }
     }
 }
@@ -95,6 +100,14 @@ pub enum CandidateSource {
     Neighbour { rank: usize, id: String },
     /// The refined version of the chosen candidate.
     Refined { evaluations: usize },
+    /// A retrieved snippet (1-based rank, corpus id) with its numbers fitted to the query
+    /// by the native fitted search.
+    Fitted {
+        rank: usize,
+        id: String,
+        variant: String,
+        renders: usize,
+    },
 }
 
 impl CandidateSource {
@@ -107,6 +120,14 @@ impl CandidateSource {
             CandidateSource::Neighbour { rank, id } => format!("neighbour {rank} ({id})"),
             CandidateSource::Refined { evaluations } => {
                 format!("refined ({evaluations} programs tried)")
+            }
+            CandidateSource::Fitted {
+                rank,
+                id,
+                variant,
+                renders,
+            } => {
+                format!("neighbour {rank} ({id}), {variant}, fitted ({renders} renders)")
             }
         }
     }
@@ -150,6 +171,9 @@ pub struct Candidate {
     pub message: String,
     /// Render match, for valid candidates that rendered.
     pub fit: Option<RenderFit>,
+    /// The fitted search's native score against the query at the choice resolution, for
+    /// valid candidates the native renderer draws (when the fitted search ran).
+    pub native: Option<f64>,
 }
 
 /// What the refinement did.
@@ -175,6 +199,8 @@ pub struct Selection {
     pub chosen: Option<usize>,
     pub candidates: Vec<Candidate>,
     pub refinement: Option<Refinement>,
+    /// What the fitted search did, when it ran.
+    pub fit: Option<FitReport>,
     /// True when no first-round candidate could be ranked, so the answer is a further
     /// neighbour, or (when nothing renders) the first program that builds a solid.
     pub fell_back: bool,
@@ -456,6 +482,7 @@ fn merge_duplicates(raw: Vec<(CandidateSource, String)>) -> Vec<Candidate> {
             status: String::new(),
             message: String::new(),
             fit: None,
+            native: None,
         });
     }
     out
@@ -494,11 +521,11 @@ pub async fn select(
                     status: status::NOT_DECODED.into(),
                     message: format!("decoding failed: {e}"),
                     fit: None,
+                    native: None,
                 }),
             }
         }
     }
-    let decode_seconds = t.elapsed().as_secs_f64();
     for n in neighbours.iter().take(opts.neighbours) {
         raw.push((
             CandidateSource::Neighbour {
@@ -508,6 +535,26 @@ pub async fn select(
             n.code.clone(),
         ));
     }
+    let fit_report = opts.fit.as_ref().map(|f| {
+        let structures: Vec<(String, usize, String)> = neighbours
+            .iter()
+            .map(|n| (n.code.clone(), n.rank, n.id.clone()))
+            .collect();
+        let report = fit::fit(&judge.query, &structures, f);
+        for k in &report.kept {
+            raw.push((
+                CandidateSource::Fitted {
+                    rank: k.rank,
+                    id: k.id.clone(),
+                    variant: k.variant.clone(),
+                    renders: k.renders,
+                },
+                k.code.clone(),
+            ));
+        }
+        report
+    });
+    let decode_seconds = t.elapsed().as_secs_f64();
     let mut candidates = merge_duplicates(raw);
     let (executed0, seconds0) = (judge.executed, judge.seconds);
     let codes: Vec<String> = candidates.iter().map(|c| c.code.clone()).collect();
@@ -518,6 +565,25 @@ pub async fn select(
     }
     candidates.extend(undecoded);
     let mut chosen = best_valid(&candidates);
+    if let Some(f) = opts
+        .fit
+        .as_ref()
+        .filter(|f| f.choose == fit::Choose::Native)
+    {
+        // The native score sees what the judge's cues miss (the faces' shading); CadQuery
+        // has already said which candidates run.
+        let target = fit::Target::new(&judge.query, f.choose_size);
+        for c in candidates.iter_mut().filter(|c| c.fit.is_some()) {
+            c.native = fit::score_code(&c.code, &target, f.grey_weight);
+        }
+        let best_native = candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.native.map(|s| (i, s)))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|(i, _)| i);
+        chosen = best_native.or(chosen);
+    }
     let mut fell_back = false;
     if chosen.is_none() {
         // Never invalid: the next neighbours in rank order, the first that renders.
@@ -535,6 +601,7 @@ pub async fn select(
                 status,
                 message,
                 fit,
+                native: None,
             });
             if ranked {
                 chosen = Some(candidates.len() - 1);
@@ -564,6 +631,7 @@ pub async fn select(
                     status: status::OK.into(),
                     message: String::new(),
                     fit: Some(fit),
+                    native: None,
                 });
                 chosen = Some(candidates.len() - 1);
             }
@@ -575,6 +643,7 @@ pub async fn select(
         chosen,
         candidates,
         refinement,
+        fit: fit_report,
         fell_back,
         executed: judge.executed - executed0,
         decode_seconds,
@@ -725,6 +794,8 @@ pub struct SelectionStats {
     pub chosen_model: usize,
     pub chosen_neighbour: usize,
     pub chosen_refined: usize,
+    /// Chosen answers that the fitted search produced.
+    pub chosen_fitted: usize,
     pub chosen_none: usize,
     pub fell_back: usize,
     /// Mean render-match gain of the refinement over the queries it ran on.
@@ -754,6 +825,7 @@ impl SelectionStats {
                 None => out.chosen_none += 1,
                 Some(CandidateSource::Neighbour { .. }) => out.chosen_neighbour += 1,
                 Some(CandidateSource::Refined { .. }) => out.chosen_refined += 1,
+                Some(CandidateSource::Fitted { .. }) => out.chosen_fitted += 1,
                 Some(_) => out.chosen_model += 1,
             }
             out.fell_back += usize::from(s.fell_back);
@@ -910,6 +982,18 @@ impl Selection {
                 r.from_score, r.to_score, r.evaluations, r.accepted, r.note
             ));
         }
+        if let Some(f) = &self.fit {
+            out.push_str(&format!(
+                "fitted search: {} structures ({} drawn natively, {} left to CadQuery), {} native renders in {:.2} s\n",
+                f.structures, f.drawn, f.skipped, f.renders, f.seconds
+            ));
+            for k in &f.kept {
+                out.push_str(&format!(
+                    "  kept neighbour {} ({}), {}: native score {:.4} -> {:.4} ({} renders, {} moves)\n",
+                    k.rank, k.id, k.variant, k.from_score, k.score, k.renders, k.accepted
+                ));
+            }
+        }
         out
     }
 }
@@ -994,6 +1078,7 @@ mod tests {
     #[test]
     fn ranking_puts_valid_candidates_by_score_first() {
         let cand = |score: Option<f64>| Candidate {
+            native: None,
             source: CandidateSource::Greedy,
             also: Vec::new(),
             code: String::new(),
@@ -1016,6 +1101,7 @@ mod tests {
                 cand(Some(0.5)),
             ],
             refinement: None,
+            fit: None,
             fell_back: false,
             executed: 4,
             decode_seconds: 0.0,
@@ -1069,6 +1155,7 @@ mod tests {
     #[test]
     fn stats_and_explanation_name_the_choice() {
         let cand = |source, score: Option<f64>, message: &str| Candidate {
+            native: None,
             source,
             also: Vec::new(),
             code: String::new(),
@@ -1092,6 +1179,7 @@ mod tests {
                 cand(CandidateSource::Sample { seed: 4 }, Some(0.8), ""),
             ],
             refinement: None,
+            fit: None,
             fell_back: false,
             executed: 3,
             decode_seconds: 0.0,

@@ -144,6 +144,16 @@ pub fn render(program: &Program, size: u32) -> Result<Render, NativeError> {
 
 /// Draw a compiled scene, `size` x `size`.
 pub fn render_scene(scene: &Scene, size: u32) -> Result<Render, NativeError> {
+    draw(scene, size, true)
+}
+
+/// Draw a compiled scene's shaded faces only, without the edge pass: the cheaper picture a
+/// fitted search compares at low resolution, where 1-px edges are not resolved.
+pub fn render_faces(scene: &Scene, size: u32) -> Result<Render, NativeError> {
+    draw(scene, size, false)
+}
+
+fn draw(scene: &Scene, size: u32, with_edges: bool) -> Result<Render, NativeError> {
     if size == 0 || size > MAX_SIZE {
         return Err(NativeError::BadSize(size));
     }
@@ -244,7 +254,7 @@ pub fn render_scene(scene: &Scene, size: u32) -> Result<Render, NativeError> {
     // at its silhouette. As the mesh renderer draws a line, the edge pixel is the one that
     // holds the boundary.
     let mut edge = vec![false; n * n];
-    for y in 0..n {
+    for y in (0..n).filter(|_| with_edges) {
         for x in 0..n {
             let i = y * n + x;
             for (j, dx, dy) in [
