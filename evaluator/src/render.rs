@@ -181,12 +181,7 @@ impl Frame {
             f64::INFINITY,
             f64::NEG_INFINITY,
         );
-        for corner in 0..8 {
-            let p = [
-                if corner & 1 == 0 { lo[0] } else { hi[0] },
-                if corner & 2 == 0 { lo[1] } else { hi[1] },
-                if corner & 4 == 0 { lo[2] } else { hi[2] },
-            ];
+        for p in box_corners(lo, hi) {
             let (r, u) = (dot(&p, &RIGHT), dot(&p, &UP));
             r_lo = r_lo.min(r);
             r_hi = r_hi.max(r);
@@ -214,6 +209,17 @@ impl Frame {
             self.s * dot(p, &VIEW),
         ]
     }
+}
+
+/// The 8 corners of the axis-aligned box `lo`..`hi`.
+pub fn box_corners(lo: [f64; 3], hi: [f64; 3]) -> [[f64; 3]; 8] {
+    std::array::from_fn(|c| {
+        [
+            if c & 1 == 0 { lo[0] } else { hi[0] },
+            if c & 2 == 0 { lo[1] } else { hi[1] },
+            if c & 4 == 0 { lo[2] } else { hi[2] },
+        ]
+    })
 }
 
 /// Pixels per unit that the framing rule gives a part whose box projects to width `w` and

@@ -13,7 +13,7 @@ pub mod scene;
 pub mod trace;
 
 use dialect::Program;
-use evaluator::render::{shade, shade_table, Frame, LUT_SIZE, RIGHT, UP, VIEW};
+use evaluator::render::{box_corners, shade, shade_table, Frame, LUT_SIZE, RIGHT, UP, VIEW};
 use image::{Rgb, RgbImage};
 
 use scene::SurfaceKind;
@@ -171,12 +171,7 @@ fn draw(scene: &Scene, size: u32, with_edges: bool) -> Result<Render, NativeErro
                 f64::NEG_INFINITY,
                 f64::NEG_INFINITY,
             ];
-            for corner in 0..8 {
-                let c = [
-                    if corner & 1 == 0 { p.lo[0] } else { p.hi[0] },
-                    if corner & 2 == 0 { p.lo[1] } else { p.hi[1] },
-                    if corner & 4 == 0 { p.lo[2] } else { p.hi[2] },
-                ];
+            for c in box_corners(p.lo, p.hi) {
                 let q = frame.project(&c);
                 r = [
                     r[0].min(q[0]),
