@@ -426,6 +426,10 @@ pub struct SelectArgs {
     /// Image side, in pixels, at which the fitted search compares renders with the query.
     #[arg(long, default_value_t = FitOptions::default().size)]
     fit_size: u32,
+    /// Fitted search: also move straight edges one by one (better on synthetic rows, not on
+    /// the real dev set).
+    #[arg(long)]
+    fit_levels: bool,
     /// Weight of the face grey-level term against the coverage term of the native score.
     #[arg(long, default_value_t = FitOptions::default().grey_weight)]
     fit_grey_weight: f64,
@@ -464,6 +468,7 @@ impl SelectArgs {
                 seconds: self.fit_seconds,
                 size: self.fit_size,
                 grey_weight: self.fit_grey_weight,
+                levels: self.fit_levels,
                 choose: match self.fit_choose {
                     FitChoose::Judge => Choose::Judge,
                     FitChoose::Native => Choose::Native,

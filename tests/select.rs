@@ -382,6 +382,7 @@ fn the_fitted_search_adds_candidates_that_cadquery_checks() {
         "--fit",
         "--fit-structures",
         "20",
+        "--fit-levels",
         "--explain",
         "--out",
         s(&code),

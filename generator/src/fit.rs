@@ -39,6 +39,9 @@ pub struct FitOptions {
     pub grey_weight: f64,
     /// Fitted programs handed on as candidates.
     pub keep: usize,
+    /// Also move straight edges one by one (`Level` knobs): better on synthetic rows, not on
+    /// the real dev set (docs/native-renderer-and-fitted-search.md), so off by default.
+    pub levels: bool,
     /// How selection chooses among the executed candidates when the fitted search runs.
     pub choose: Choose,
     /// Image side of the native score that `Choose::Native` compares at.
@@ -65,6 +68,7 @@ impl Default for FitOptions {
             size: 224,
             grey_weight: 0.5,
             keep: 3,
+            levels: false,
             choose: Choose::Judge,
             choose_size: 224,
         }
@@ -194,6 +198,14 @@ enum Knob {
     Extrude { sketch: usize },
     /// A factor on one circle's radius.
     Radius { sketch: usize, loop_no: usize },
+    /// A shift of every path vertex of a sketch whose coordinate along `axis` is `level`:
+    /// moves one straight edge (or several aligned ones) of an axis-aligned profile, so a
+    /// step, a slot or an arm can change width.
+    Level {
+        sketch: usize,
+        axis: usize,
+        level: f64,
+    },
     /// A shift of one loop (not the first) along a sketch axis: where a hole or boss sits.
     Shift {
         sketch: usize,
@@ -207,7 +219,7 @@ impl Knob {
     fn priority(&self) -> u8 {
         match self {
             Knob::Extrude { .. } => 0,
-            Knob::Scale { .. } => 1,
+            Knob::Scale { .. } | Knob::Level { .. } => 1,
             Knob::Radius { .. } => 2,
             Knob::Origin { .. } => 3,
             Knob::Shift { .. } => 4,
@@ -222,19 +234,20 @@ impl Knob {
             Knob::Scale { .. } => 0.15,
             Knob::Radius { .. } => 0.2,
             Knob::Origin { .. } | Knob::Shift { .. } => 0.08 * part_size,
+            Knob::Level { .. } => 0.05 * part_size,
         }
     }
 
     fn moved(&self, v: f64, step: f64, sign: f64) -> f64 {
         match self {
-            Knob::Origin { .. } | Knob::Shift { .. } => v + sign * step,
+            Knob::Origin { .. } | Knob::Shift { .. } | Knob::Level { .. } => v + sign * step,
             _ => v * (1.0 + sign * step),
         }
     }
 }
 
 /// The knobs of a program and their starting values.
-fn knobs(p: &Program) -> (Vec<Knob>, Vec<f64>) {
+fn knobs(p: &Program, with_levels: bool) -> (Vec<Knob>, Vec<f64>) {
     let mut k = Vec::new();
     let mut v = Vec::new();
     for (s, sk) in p.sketches.iter().enumerate() {
@@ -263,6 +276,16 @@ fn knobs(p: &Program) -> (Vec<Knob>, Vec<f64>) {
                 }
             }
         }
+        for axis in (0..2).filter(|_| with_levels) {
+            for level in levels(p, s, axis) {
+                k.push(Knob::Level {
+                    sketch: s,
+                    axis,
+                    level,
+                });
+                v.push(0.0);
+            }
+        }
         for axis in 0..3 {
             k.push(Knob::Origin { sketch: s, axis });
             v.push(sk.plane.origin[axis]);
@@ -271,12 +294,43 @@ fn knobs(p: &Program) -> (Vec<Knob>, Vec<f64>) {
     (k, v)
 }
 
+/// Most `Level` knobs per sketch axis.
+const MAX_LEVELS: usize = 8;
+
+/// The coordinates along `axis` that two or more path vertices of sketch `s` share (the
+/// straight edges along the other axis), most shared first.
+fn levels(p: &Program, s: usize, axis: usize) -> Vec<f64> {
+    let mut counts: Vec<(f64, usize)> = Vec::new();
+    for (role, x) in p.numbers() {
+        if let Role::Coord {
+            sketch,
+            loop_no,
+            arc_mid: false,
+            axis: a,
+        } = role
+        {
+            let on_path = matches!(p.sketches[s].loops.get(loop_no), Some(Loop::Path { .. }));
+            if sketch == s && a == axis && on_path {
+                match counts.iter_mut().find(|(v, _)| (*v - x).abs() < 1e-9) {
+                    Some(c) => c.1 += 1,
+                    None => counts.push((x, 1)),
+                }
+            }
+        }
+    }
+    counts.retain(|c| c.1 >= 2);
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts.truncate(MAX_LEVELS);
+    counts.into_iter().map(|c| c.0).collect()
+}
+
 /// The base program with the knobs at `values`.
 fn apply(base: &Program, knobs: &[Knob], values: &[f64]) -> Program {
     let mut p = base.clone();
     let mut scale = vec![[1.0, 1.0]; p.sketches.len()];
     let mut radius: Vec<(usize, usize, f64)> = Vec::new();
     let mut shift: std::collections::HashMap<(usize, usize), [f64; 2]> = Default::default();
+    let mut level_shift: Vec<(usize, usize, f64, f64)> = Vec::new();
     for (k, &v) in knobs.iter().zip(values) {
         match *k {
             Knob::Origin { sketch, axis } => p.sketches[sketch].plane.origin[axis] = v,
@@ -288,6 +342,11 @@ fn apply(base: &Program, knobs: &[Knob], values: &[f64]) -> Program {
                 loop_no,
                 axis,
             } => shift.entry((sketch, loop_no)).or_default()[axis] = v,
+            Knob::Level {
+                sketch,
+                axis,
+                level,
+            } => level_shift.push((sketch, axis, level, v)),
         }
     }
     for (role, x) in p.numbers_mut() {
@@ -296,10 +355,17 @@ fn apply(base: &Program, knobs: &[Knob], values: &[f64]) -> Program {
                 sketch,
                 loop_no,
                 axis,
-                ..
+                arc_mid,
             } => {
                 let d = shift.get(&(sketch, loop_no)).map_or(0.0, |d| d[axis]);
-                *x = (*x + d) * scale[sketch][axis];
+                let on_level: f64 = level_shift
+                    .iter()
+                    .filter(|(s, a, level, _)| {
+                        !arc_mid && *s == sketch && *a == axis && (*level - *x).abs() < 1e-9
+                    })
+                    .map(|l| l.3)
+                    .sum();
+                *x = (*x + d + on_level) * scale[sketch][axis];
             }
             Role::Radius { sketch, .. } => *x *= (scale[sketch][0] * scale[sketch][1]).sqrt(),
             _ => {}
@@ -345,7 +411,7 @@ fn fit_one(
     opts: &FitOptions,
     deadline: Instant,
 ) -> (Program, f64, usize, usize) {
-    let (ks, mut values) = knobs(base);
+    let (ks, mut values) = knobs(base, opts.levels);
     let mut order: Vec<usize> = (0..ks.len()).collect();
     order.sort_by_key(|&i| ks[i].priority());
     let size = part_size(base);
@@ -674,6 +740,29 @@ mod tests {
         let inner = inset(&square, 0.25).unwrap();
         assert!((inner[0][0] - 0.25).abs() < 1e-12 && (inner[2][1] - 0.75).abs() < 1e-12);
         assert!(inset(&[[0.0, 0.0], [2.0, 0.0], [1.0, 0.2], [1.0, 1.0]], 0.1).is_none());
+    }
+
+    #[test]
+    fn level_knobs_move_the_vertices_of_one_edge() {
+        let p = dialect::parse(PLATE).unwrap();
+        let mut xs = levels(&p, 0, 0);
+        xs.sort_by(f64::total_cmp);
+        assert_eq!(xs, vec![0.0, 1.0]);
+        let knob = [Knob::Level {
+            sketch: 0,
+            axis: 0,
+            level: 1.0,
+        }];
+        let moved = apply(&p, &knob, &[0.5]);
+        let code = moved.code();
+        assert!(
+            code.contains("moveTo(1.5, 0.0).lineTo(1.5, 1.0).lineTo(0.0, 1.0)"),
+            "{code}"
+        );
+        assert!(
+            code.contains("moveTo(0.5, 0.5).circle(0.25)"),
+            "circles stay: {code}"
+        );
     }
 
     #[test]
