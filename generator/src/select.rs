@@ -206,7 +206,8 @@ pub struct Selection {
     pub fell_back: bool,
     /// Programs executed in the sandbox (candidates, fallbacks and refinement).
     pub executed: usize,
-    /// Seconds decoding, and executing/rendering/scoring.
+    /// Seconds proposing candidates (decoding, the fitted search), and executing/rendering/
+    /// scoring them.
     pub decode_seconds: f64,
     pub check_seconds: f64,
 }
