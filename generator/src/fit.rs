@@ -12,13 +12,10 @@
 use std::time::Instant;
 
 use dialect::{Loop, Op, Program, Role, Seg};
+use evaluator::style::{EDGE_BELOW, FOREGROUND_BELOW};
 use image::RgbImage;
 use serde::Serialize;
 
-/// A query pixel is foreground when a channel is below this (evaluator::style's threshold).
-const FOREGROUND_BELOW: u8 = 250;
-/// A query pixel is an edge when every channel is below this.
-const EDGE_BELOW: u8 = 60;
 /// Grey levels that count as one full pixel of error (faces differ by 20 to 50 levels).
 const GREY_SCALE: f64 = 50.0;
 
@@ -248,6 +245,7 @@ impl Knob {
 
 /// The knobs of a program and their starting values.
 fn knobs(p: &Program, with_levels: bool) -> (Vec<Knob>, Vec<f64>) {
+    let numbers = if with_levels { p.numbers() } else { Vec::new() };
     let mut k = Vec::new();
     let mut v = Vec::new();
     for (s, sk) in p.sketches.iter().enumerate() {
@@ -277,7 +275,7 @@ fn knobs(p: &Program, with_levels: bool) -> (Vec<Knob>, Vec<f64>) {
             }
         }
         for axis in (0..2).filter(|_| with_levels) {
-            for level in levels(p, s, axis) {
+            for level in levels(p, &numbers, s, axis) {
                 k.push(Knob::Level {
                     sketch: s,
                     axis,
@@ -298,10 +296,10 @@ fn knobs(p: &Program, with_levels: bool) -> (Vec<Knob>, Vec<f64>) {
 const MAX_LEVELS: usize = 8;
 
 /// The coordinates along `axis` that two or more path vertices of sketch `s` share (the
-/// straight edges along the other axis), most shared first.
-fn levels(p: &Program, s: usize, axis: usize) -> Vec<f64> {
+/// straight edges along the other axis), most shared first; `numbers` are `p.numbers()`.
+fn levels(p: &Program, numbers: &[(Role, f64)], s: usize, axis: usize) -> Vec<f64> {
     let mut counts: Vec<(f64, usize)> = Vec::new();
-    for (role, x) in p.numbers() {
+    for &(role, x) in numbers {
         if let Role::Coord {
             sketch,
             loop_no,
@@ -328,7 +326,6 @@ fn levels(p: &Program, s: usize, axis: usize) -> Vec<f64> {
 fn apply(base: &Program, knobs: &[Knob], values: &[f64]) -> Program {
     let mut p = base.clone();
     let mut scale = vec![[1.0, 1.0]; p.sketches.len()];
-    let mut radius: Vec<(usize, usize, f64)> = Vec::new();
     let mut shift: std::collections::HashMap<(usize, usize), [f64; 2]> = Default::default();
     let mut level_shift: Vec<(usize, usize, f64, f64)> = Vec::new();
     for (k, &v) in knobs.iter().zip(values) {
@@ -336,7 +333,11 @@ fn apply(base: &Program, knobs: &[Knob], values: &[f64]) -> Program {
             Knob::Origin { sketch, axis } => p.sketches[sketch].plane.origin[axis] = v,
             Knob::Extrude { sketch } => p.sketches[sketch].extrude.distance = v,
             Knob::Scale { sketch, axis } => scale[sketch][axis] = v,
-            Knob::Radius { sketch, loop_no } => radius.push((sketch, loop_no, v)),
+            Knob::Radius { sketch, loop_no } => {
+                if let Loop::Circle { radius, .. } = &mut p.sketches[sketch].loops[loop_no] {
+                    *radius *= v;
+                }
+            }
             Knob::Shift {
                 sketch,
                 loop_no,
@@ -369,11 +370,6 @@ fn apply(base: &Program, knobs: &[Knob], values: &[f64]) -> Program {
             }
             Role::Radius { sketch, .. } => *x *= (scale[sketch][0] * scale[sketch][1]).sqrt(),
             _ => {}
-        }
-    }
-    for (s, l, f) in radius {
-        if let Loop::Circle { radius, .. } = &mut p.sketches[s].loops[l] {
-            *radius *= f;
         }
     }
     p
@@ -745,7 +741,7 @@ mod tests {
     #[test]
     fn level_knobs_move_the_vertices_of_one_edge() {
         let p = dialect::parse(PLATE).unwrap();
-        let mut xs = levels(&p, 0, 0);
+        let mut xs = levels(&p, &p.numbers(), 0, 0);
         xs.sort_by(f64::total_cmp);
         assert_eq!(xs, vec![0.0, 1.0]);
         let knob = [Knob::Level {

@@ -507,32 +507,13 @@ fn spelling(text: &str) -> (usize, usize) {
     (decimals, digits)
 }
 
-/// `x` as Python's `repr(float)` writes it (shortest round trip; exponent form outside
-/// [1e-4, 1e16)); zero of either sign is `0.0`. Callers pass finite values only.
+/// `x` as Python's `repr(float)` writes it, except that zero of either sign is `0.0` (the
+/// dataset writes no negative zeros). Callers pass finite values only.
 fn py_float(x: f64) -> String {
     if x == 0.0 || !x.is_finite() {
         return "0.0".to_string();
     }
-    let sci = format!("{:e}", x.abs());
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let sign = if x < 0.0 { "-" } else { "" };
-    if (-4..16).contains(&exp) {
-        let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-        let point = exp + 1;
-        let body = if point <= 0 {
-            format!("0.{}{digits}", "0".repeat((-point) as usize))
-        } else if point as usize >= digits.len() {
-            format!("{digits}{}.0", "0".repeat(point as usize - digits.len()))
-        } else {
-            let (a, b) = digits.split_at(point as usize);
-            format!("{a}.{b}")
-        };
-        format!("{sign}{body}")
-    } else {
-        let exp_sign = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{mantissa}e{exp_sign}{:02}", exp.unsigned_abs())
-    }
+    dialect::pyfloat::repr(x)
 }
 
 /// 1-based line and column of a byte offset.

@@ -6,8 +6,8 @@
 //! with a query image without a CadQuery run.
 //!
 //! Where CadQuery might build something other than the even-odd prism (self-intersecting or
-//! touching loops, holes outside the outer loop, zero thickness, odd planes), `compile` says
-//! `Unsure` and the caller goes to CadQuery instead.
+//! touching loops, zero thickness, odd planes, a cut that empties the part), `compile` or
+//! `render` says `Unsure` and the caller goes to CadQuery instead.
 
 pub mod scene;
 pub mod trace;
@@ -16,8 +16,8 @@ use dialect::Program;
 use evaluator::render::{box_corners, shade, shade_table, Frame, LUT_SIZE, RIGHT, UP, VIEW};
 use image::{Rgb, RgbImage};
 
-use scene::SurfaceKind;
 pub use scene::{compile, Scene, Unsure};
+use scene::{dot, SurfaceKind};
 use trace::{trace, Scratch, NO_SURFACE};
 
 /// Largest image side the native renderer draws.
@@ -65,10 +65,6 @@ pub struct Render {
 
 fn add(a: [f64; 3], b: [f64; 3], k: f64) -> [f64; 3] {
     [a[0] + k * b[0], a[1] + k * b[1], a[2] + k * b[2]]
-}
-
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
 /// The part's axis-aligned box: the union of the prisms' boxes, narrowed by rays along each
@@ -195,8 +191,7 @@ fn draw(scene: &Scene, size: u32, with_edges: bool) -> Result<Render, NativeErro
                 return frame.s;
             }
             let perp = [-b[1] / len, b[0] / len];
-            let w: [f64; 3] =
-                std::array::from_fn(|k| perp[0] * p.axes[0][k] + perp[1] * p.axes[1][k]);
+            let w = p.direction(perp);
             frame.s * (dot(w, RIGHT).powi(2) + dot(w, UP).powi(2)).sqrt()
         })
         .collect();

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use dialect::{Loop, Op, Program, Seg};
+use evaluator::render::box_corners;
 
 /// Largest |coordinate| accepted; the dialect's parts live in [-2, 2].
 pub const MAX_COORD: f64 = 1e3;
@@ -113,13 +114,23 @@ impl Scene {
     }
 }
 
-fn dot3(a: [f64; 3], b: [f64; 3]) -> f64 {
+/// Dot product of two 3-vectors.
+pub(crate) fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
-fn lift(p: &Prism, u: f64, v: f64, w: f64) -> [f64; 3] {
-    let [x, y, z] = p.axes;
-    std::array::from_fn(|k| p.origin[k] + u * x[k] + v * y[k] + w * z[k])
+impl Prism {
+    /// The world point at sketch coordinates (u, v) and height w along the normal.
+    pub(crate) fn point(&self, u: f64, v: f64, w: f64) -> [f64; 3] {
+        let [x, y, z] = self.axes;
+        std::array::from_fn(|k| self.origin[k] + u * x[k] + v * y[k] + w * z[k])
+    }
+
+    /// The world direction of a direction `d` in the sketch plane.
+    pub(crate) fn direction(&self, d: [f64; 2]) -> [f64; 3] {
+        let [x, y, _] = self.axes;
+        std::array::from_fn(|k| d[0] * x[k] + d[1] * y[k])
+    }
 }
 
 /// Interns surfaces by a quantised geometric key, so faces on one plane or one cylinder
@@ -160,7 +171,7 @@ impl Surfaces {
             Self::key(n[0]),
             Self::key(n[1]),
             Self::key(n[2]),
-            Self::key(dot3(n, point)),
+            Self::key(dot(n, point)),
             0,
         ];
         self.intern(SurfaceKind::Plane, key)
@@ -169,7 +180,7 @@ impl Surfaces {
     fn cylinder(&mut self, axis: [f64; 3], centre: [f64; 3], r: f64) -> u32 {
         let a = Self::canonical(axis);
         // The axis line's point closest to the world origin.
-        let t = dot3(centre, a);
+        let t = dot(centre, a);
         let q: [f64; 3] = std::array::from_fn(|k| centre[k] - t * a[k]);
         // A line is fixed by its direction and that point; fold them into five numbers.
         let key = [
@@ -425,8 +436,8 @@ pub fn compile(program: &Program) -> Result<Scene, Unsure> {
         };
         let z = axes[2];
         prism.caps = [
-            surfaces.plane(z, lift(&prism, 0.0, 0.0, w.0)),
-            surfaces.plane(z, lift(&prism, 0.0, 0.0, w.1)),
+            surfaces.plane(z, prism.point(0.0, 0.0, w.0)),
+            surfaces.plane(z, prism.point(0.0, 0.0, w.1)),
         ];
         let (mut u0, mut v0, mut u1, mut v1) = (
             f64::INFINITY,
@@ -444,43 +455,34 @@ pub fn compile(program: &Program) -> Result<Scene, Unsure> {
             let surface = match curve {
                 Curve::Line { a, n, .. } => {
                     grow(a);
-                    let nw: [f64; 3] =
-                        std::array::from_fn(|k| n[0] * axes[0][k] + n[1] * axes[1][k]);
-                    surfaces.plane(nw, lift(&prism, a[0], a[1], 0.0))
+                    surfaces.plane(prism.direction(n), prism.point(a[0], a[1], 0.0))
                 }
                 Curve::Arc {
                     c, r, a0, sweep, ..
                 } => {
                     // The arc's ends and whichever axis extremes it passes.
-                    for k in 0..=4 {
-                        let a = if k == 4 { a0 + sweep } else { a0 };
-                        if k < 4 {
-                            let axis = f64::from(k) * std::f64::consts::FRAC_PI_2;
-                            let off = if sweep >= 0.0 {
-                                (axis - a0).rem_euclid(std::f64::consts::TAU)
-                            } else {
-                                (a0 - axis).rem_euclid(std::f64::consts::TAU)
-                            };
-                            if off <= sweep.abs() {
-                                grow([c[0] + r * axis.cos(), c[1] + r * axis.sin()]);
-                            }
+                    let at = |a: f64| [c[0] + r * a.cos(), c[1] + r * a.sin()];
+                    grow(at(a0));
+                    grow(at(a0 + sweep));
+                    for k in 0..4 {
+                        let axis = f64::from(k) * std::f64::consts::FRAC_PI_2;
+                        let off = if sweep >= 0.0 {
+                            (axis - a0).rem_euclid(std::f64::consts::TAU)
+                        } else {
+                            (a0 - axis).rem_euclid(std::f64::consts::TAU)
+                        };
+                        if off <= sweep.abs() {
+                            grow(at(axis));
                         }
-                        grow([c[0] + r * a.cos(), c[1] + r * a.sin()]);
                     }
-                    surfaces.cylinder(z, lift(&prism, c[0], c[1], 0.0), r)
+                    surfaces.cylinder(z, prism.point(c[0], c[1], 0.0), r)
                 }
             };
             prism.pieces.push(Piece { curve, surface });
         }
         prism.profile_box = [u0, v0, u1, v1];
-        for corner in 0..8 {
-            let p = lift(
-                &prism,
-                if corner & 1 == 0 { u0 } else { u1 },
-                if corner & 2 == 0 { v0 } else { v1 },
-                if corner & 4 == 0 { w.0 } else { w.1 },
-            );
-            for (k, x) in p.into_iter().enumerate() {
+        for [u, v, h] in box_corners([u0, v0, w.0], [u1, v1, w.1]) {
+            for (k, x) in prism.point(u, v, h).into_iter().enumerate() {
                 prism.lo[k] = prism.lo[k].min(x);
                 prism.hi[k] = prism.hi[k].max(x);
             }

@@ -4,7 +4,7 @@
 
 use dialect::Op;
 
-use crate::scene::{Curve, Prism, Scene};
+use crate::scene::{dot, Curve, Prism, Scene};
 
 /// Surface id of "no face" (the background, or a slab side that no profile crossing bounds).
 pub const NO_SURFACE: u32 = u32::MAX;
@@ -46,15 +46,6 @@ pub struct Scratch {
     /// Bit i set when some ray traced since the last reset had material after step i (of
     /// the first 64): a cut that leaves no ray any material shows as a clear bit.
     pub alive: u64,
-}
-
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-fn lift2(p: &Prism, n: [f64; 2]) -> [f64; 3] {
-    let [x, y, _] = p.axes;
-    std::array::from_fn(|k| n[0] * x[k] + n[1] * y[k])
 }
 
 /// Whether a point of an arc's circle lies on the arc: on its middle point's side of the
@@ -199,7 +190,7 @@ fn prism_intervals(
                     crossings.push(Hit {
                         t,
                         surface: piece.surface,
-                        normal: lift2(p, n),
+                        normal: p.direction(n),
                         inside: f64::INFINITY,
                         prism: index as u32,
                     });
@@ -229,7 +220,7 @@ fn prism_intervals(
                         crossings.push(Hit {
                             t,
                             surface: piece.surface,
-                            normal: lift2(p, [q[0] / r, q[1] / r]),
+                            normal: p.direction([q[0] / r, q[1] / r]),
                             inside: r - h,
                             prism: index as u32,
                         });
@@ -321,23 +312,20 @@ pub fn trace<'s>(
     } = scratch;
     result.clear();
     for (i, p) in scene.prisms.iter().enumerate() {
-        if cull(i) || (p.op == Op::Cut && result.is_empty()) {
-            if !result.is_empty() && i < 64 {
-                *alive |= 1 << i;
-            }
-            continue;
-        }
-        prism.clear();
-        prism_intervals(i, p, origin, dir, crossings, prism);
-        match p.op {
-            Op::First => std::mem::swap(result, prism),
-            Op::Union => {
-                union(result, prism, merged);
-                std::mem::swap(result, merged);
-            }
-            Op::Cut => {
-                subtract(result, prism, merged);
-                std::mem::swap(result, merged);
+        // A culled prism, or a cut of nothing, leaves the material as it is.
+        if !(cull(i) || (p.op == Op::Cut && result.is_empty())) {
+            prism.clear();
+            prism_intervals(i, p, origin, dir, crossings, prism);
+            match p.op {
+                Op::First => std::mem::swap(result, prism),
+                Op::Union => {
+                    union(result, prism, merged);
+                    std::mem::swap(result, merged);
+                }
+                Op::Cut => {
+                    subtract(result, prism, merged);
+                    std::mem::swap(result, merged);
+                }
             }
         }
         if !result.is_empty() && i < 64 {
