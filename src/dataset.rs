@@ -111,7 +111,7 @@ impl SynthArgs {
         }
     }
 
-    fn config(&self) -> SynthConfig {
+    pub(crate) fn config(&self) -> SynthConfig {
         SynthConfig {
             n: self.n,
             seed: self.seed,

@@ -578,6 +578,19 @@ pub struct EvalArgs {
     /// median and worst cases with renders, failures by status, command and versions.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write a PNG sheet here: per query, the image | each mode's answer with its volume and
+    /// shell IoU | the ground truth, all rendered by CadQuery.
+    #[arg(long)]
+    sheet: Option<PathBuf>,
+    /// Queries on the sheet (the first N of the split).
+    #[arg(long, default_value_t = 16)]
+    sheet_rows: usize,
+    /// Queries side by side on one line of the sheet.
+    #[arg(long, default_value_t = 1)]
+    sheet_per_row: usize,
+    /// Write each mode's answers here as `<mode>/<id>.py`, to run or score them again.
+    #[arg(long)]
+    answers: Option<PathBuf>,
     #[command(flatten)]
     select: SelectArgs,
     /// Rerank and refine modes: also score every valid candidate against the ground truth
@@ -717,7 +730,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     ));
     for row in reader.rows(split).take(total) {
         let row = row?;
-        if args.report.is_some() {
+        if args.report.is_some() || args.sheet.is_some() {
             queries.push(Some(row.image_png.clone()));
         }
         let image = image::load_from_memory(&row.image_png)
@@ -938,12 +951,98 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             hits,
         );
     }
+    if let Some(dir) = &args.answers {
+        write_answers(dir, &runs)?;
+        eprintln!("answers: {}/<mode>/<id>.py", dir.display());
+    }
+    let modes = mode_results(&runs, &items, &reports);
+    if let Some(path) = &args.sheet {
+        let mut title = vec![format!(
+            "{} ({total} queries, split {split}; index {} rows)",
+            args.corpus.display(),
+            retriever.store().len()
+        )];
+        title.extend(reports.iter().map(|(s, v)| {
+            format!(
+                "{:<10} mean volume IoU {:.3}, shell IoU {:.3} (invalid as 0)",
+                v["mode"].as_str().unwrap_or(""),
+                s.volume_iou_mean_all.unwrap_or(0.0),
+                s.shell_iou_mean_all.unwrap_or(0.0)
+            )
+        }));
+        let truths: Vec<String> = runs[0]
+            .inputs
+            .iter()
+            .map(|i| match &i.gt {
+                CodeText::Utf8(c) => c.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        report::write_eval_sheet(
+            path,
+            &pool,
+            &title,
+            &queries,
+            &truths,
+            &modes,
+            args.sheet_rows,
+            args.sheet_per_row,
+        )
+        .await?;
+        eprintln!("sheet: {}", path.display());
+    }
     if args.report.is_some() {
-        let page =
-            write_report(&args, &retriever, &pool, &queries, &runs, &items, &reports).await?;
+        let page = write_report(&args, &retriever, &pool, &queries, modes).await?;
         eprintln!("report: {}", page.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--answers`: every mode's predicted programs as `<dir>/<mode>/<id>.py`.
+fn write_answers(dir: &Path, runs: &[ModeRun]) -> Result<()> {
+    for run in runs {
+        let sub = dir.join(run.mode.as_str());
+        std::fs::create_dir_all(&sub).with_context(|| format!("creating {}", sub.display()))?;
+        for input in &run.inputs {
+            if let Some(CodeText::Utf8(code)) = &input.pred {
+                if input.id.contains(['/', '\\']) || input.id.starts_with('.') {
+                    bail!("query id {:?} cannot name a file", input.id);
+                }
+                let path = sub.join(format!("{}.py", input.id));
+                std::fs::write(&path, code)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each mode's scores, predictions and top neighbours, as the report and the sheet take them.
+fn mode_results(
+    runs: &[ModeRun],
+    items: &[Vec<evaluator::ItemScore>],
+    reports: &[(Summary, serde_json::Value)],
+) -> Vec<report::ModeResults> {
+    runs.iter()
+        .zip(items)
+        .zip(reports)
+        .map(|((run, its), (summary, v))| report::ModeResults {
+            name: run.mode.as_str().to_string(),
+            summary: summary.clone(),
+            latency_p50_ms: v["latency_ms"]["p50"].as_f64(),
+            latency_p95_ms: v["latency_ms"]["p95"].as_f64(),
+            items: its.clone(),
+            neighbours: run.top.clone(),
+            predictions: run
+                .inputs
+                .iter()
+                .map(|i| match &i.pred {
+                    Some(CodeText::Utf8(c)) => Some(c.clone()),
+                    _ => None,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// The queries a mode could not answer, with their reasons, counted by reason (the first
@@ -1177,9 +1276,7 @@ async fn write_report(
     retriever: &Retriever,
     pool: &Arc<WorkerPool>,
     queries: &[Option<Vec<u8>>],
-    runs: &[ModeRun],
-    items: &[Vec<evaluator::ItemScore>],
-    reports: &[(Summary, serde_json::Value)],
+    modes: Vec<report::ModeResults>,
 ) -> Result<PathBuf> {
     let Some(dir) = &args.report else {
         bail!("no report folder given");
@@ -1220,27 +1317,6 @@ async fn write_report(
         setup,
         versions: report::versions(),
     };
-    let modes = runs
-        .iter()
-        .zip(items)
-        .zip(reports)
-        .map(|((run, its), (summary, v))| report::ModeResults {
-            name: run.mode.as_str().to_string(),
-            summary: summary.clone(),
-            latency_p50_ms: v["latency_ms"]["p50"].as_f64(),
-            latency_p95_ms: v["latency_ms"]["p95"].as_f64(),
-            items: its.clone(),
-            neighbours: run.top.clone(),
-            predictions: run
-                .inputs
-                .iter()
-                .map(|i| match &i.pred {
-                    Some(CodeText::Utf8(c)) => Some(c.clone()),
-                    _ => None,
-                })
-                .collect(),
-        })
-        .collect();
     report::write_eval_report(dir, pool, provenance, queries, modes).await
 }
 
@@ -1291,6 +1367,9 @@ fn write_per_item(
     runs: &[ModeRun],
     items: &[Vec<evaluator::ItemScore>],
 ) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?,
     );

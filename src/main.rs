@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use evaluator::score::{score_pair_with, score_sets};
 mod coverage;
 mod dataset;
+mod demo;
 mod generation;
 mod native;
 mod report;
@@ -28,13 +29,13 @@ use evaluator::{
     version,
     about = "Image of a mechanical part -> CadQuery code (retrieval-augmented)"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Create the CadQuery environment (venv with the locked CadQuery 2.8); idempotent.
     Setup {
         /// Where to put the venv (default: $CADRAG_VENV or ~/.local/share/cadrag/venv).
@@ -86,6 +87,10 @@ enum Command {
         /// Where to write the demo's inputs and results.
         #[arg(long, default_value = "target/demo")]
         out: PathBuf,
+        /// Rows of the synthetic corpus it builds and searches (more answers real images
+        /// better and takes longer: about 38 rows/s on 2 cores).
+        #[arg(long, default_value_t = demo::DEFAULT_ROWS)]
+        rows: usize,
     },
 }
 
@@ -407,212 +412,7 @@ async fn bench_score(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn demo(out: PathBuf) -> Result<ExitCode> {
-    let venv = evaluator::env::venv_dir();
-    match evaluator::env::setup(&venv, &|m| eprintln!("setup: {m}"))? {
-        evaluator::SetupOutcome::AlreadyUpToDate => eprintln!(
-            "setup: CadQuery environment at {} is up to date",
-            venv.display()
-        ),
-        evaluator::SetupOutcome::Installed => eprintln!(
-            "setup: installed CadQuery environment at {}",
-            venv.display()
-        ),
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    // The data engine: a small synthetic corpus, its statistics and a contact sheet, and the
-    // renderer checked against the real reference images.
-    let corpus = out.join("corpus");
-    eprintln!(
-        "demo: synthesising a 48-row corpus into {}",
-        corpus.display()
-    );
-    if let Some(v) = indexer::synth::written_version(&corpus) {
-        if v != indexer::synth::SYNTH_VERSION {
-            // The demo's own outputs from an older sampler: start them over.
-            eprintln!(
-                "demo: {} was made by synth version {v}; rebuilding it with version {}",
-                corpus.display(),
-                indexer::synth::SYNTH_VERSION
-            );
-            for stale in [&corpus, &out.join("clip-tiny"), &out.join("generator-tiny")] {
-                if stale.exists() {
-                    std::fs::remove_dir_all(stale)
-                        .with_context(|| format!("removing {}", stale.display()))?;
-                }
-            }
-        }
-    }
-    let synth = dataset::SynthArgs::small(&corpus, 48);
-    if dataset::synth_cmd(&synth, false).await? != ExitCode::SUCCESS {
-        bail!("demo: synth did not finish");
-    }
-    dataset::info(&corpus, true, false)?;
-    dataset::gallery(&corpus, "train", 16, &out.join("corpus_gallery.png"))?;
-    dataset::style(&out.join("style")).await?;
-    // Retrieval: index the train split with the pixel baseline encoder, answer one test
-    // image with its nearest neighbour's code, and score the test split retrieval-only.
-    let (c, index) = (corpus.display().to_string(), out.join("index"));
-    let i = index.display().to_string();
-    demo_index(&c, "pixel", &i).await?;
-    let query = out.join("query.png");
-    let first_test = indexer::corpus::CorpusReader::open(&corpus)?
-        .rows(indexer::corpus::Split::Test)
-        .next()
-        .context("the demo corpus has no test rows")??;
-    first_test.decode_image()?.save(&query)?;
-    let q = query.display().to_string();
-    let search_page = out.join("search").display().to_string();
-    eprintln!("demo: the query's nearest neighbours, with their thumbnails, in {search_page}");
-    demo_step(&[
-        "search",
-        &q,
-        "--index",
-        &i,
-        "-k",
-        "5",
-        "--gallery",
-        &search_page,
-    ])
-    .await?;
-    let code = out.join("generated.py").display().to_string();
-    eprintln!("demo: generating code for {q} (retrieval only) into {code}");
-    demo_step(&[
-        "generate",
-        &q,
-        "--index",
-        &i,
-        "--retrieval-only",
-        "--out",
-        &code,
-    ])
-    .await?;
-    demo_eval(&c, &i, "pixel baseline").await?;
-    // The learned encoder: a tiny CLIP trained on the same train split (seconds; the small
-    // CLIP of the README needs a 20k corpus), indexed and evaluated the same way.
-    let clip = out.join("clip-tiny").display().to_string();
-    eprintln!("demo: training a tiny CLIP (image <-> code) into {clip}");
-    demo_step(&[
-        "train", "clip", "--corpus", &c, "--out", &clip, "--size", "tiny", "--epochs", "20",
-        "--batch", "8", "--vocab", "400",
-    ])
-    .await?;
-    let clip_index = out.join("index-clip").display().to_string();
-    demo_index(&c, &clip, &clip_index).await?;
-    demo_eval(&c, &clip_index, "tiny CLIP").await?;
-    // The generator: a tiny GPT-2 trained on the train split with each row's nearest pixel
-    // neighbour (itself left out) in its prompt; it writes code for the query image, and the
-    // test split is scored in all three modes side by side.
-    let model = out.join("generator-tiny").display().to_string();
-    eprintln!("demo: training a tiny generator (image + neighbour -> code) into {model}");
-    demo_step(&[
-        "train",
-        "generator",
-        "--corpus",
-        &c,
-        "--index",
-        &i,
-        "--out",
-        &model,
-        "--config",
-        "tiny",
-        "--epochs",
-        "30",
-        "--batch",
-        "8",
-        "--vocab",
-        "400",
-        "-k",
-        "1",
-    ])
-    .await?;
-    let rag_code = out.join("generated-rag.py").display().to_string();
-    eprintln!("demo: generating code for {q} with the generator into {rag_code}");
-    let (render, sheet) = (
-        out.join("generated-rag.png").display().to_string(),
-        out.join("query-vs-generated.png").display().to_string(),
-    );
-    demo_step(&[
-        "generate",
-        &q,
-        "--index",
-        &i,
-        "--model",
-        &model,
-        "--out",
-        &rag_code,
-        "--render",
-        &render,
-        "--side-by-side",
-        &sheet,
-    ])
-    .await?;
-    let report = out.join("report").display().to_string();
-    eprintln!("demo: evaluating the test split: retrieval only, generator only, and RAG");
-    demo_step(&[
-        "eval",
-        "--corpus",
-        &c,
-        "--split",
-        "test",
-        "--index",
-        &i,
-        "--mode",
-        "retrieval,generator,rag",
-        "--model",
-        &model,
-        "--report",
-        &report,
-    ])
-    .await?;
-    eprintln!("demo: done; the evaluation report is {report}/index.html");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Demo step: index the corpus's train split with `encoder` into `index`.
-async fn demo_index(corpus: &str, encoder: &str, index: &str) -> Result<ExitCode> {
-    eprintln!("demo: indexing the train split with {encoder} into {index}");
-    demo_step(&[
-        "index",
-        "build",
-        "--corpus",
-        corpus,
-        "--encoder",
-        encoder,
-        "--out",
-        index,
-    ])
-    .await
-}
-
-/// Demo step: score the corpus's test split retrieval-only against `index`.
-async fn demo_eval(corpus: &str, index: &str, label: &str) -> Result<ExitCode> {
-    eprintln!("demo: evaluating the test split, retrieval only ({label})");
-    demo_step(&[
-        "eval",
-        "--corpus",
-        corpus,
-        "--split",
-        "test",
-        "--index",
-        index,
-        "--mode",
-        "retrieval",
-    ])
-    .await
-}
-
-/// Runs one `rag` command line as part of the demo; a failing step stops it.
-async fn demo_step(args: &[&str]) -> Result<ExitCode> {
-    let cli = Cli::try_parse_from(std::iter::once("rag").chain(args.iter().copied()))?;
-    let code = Box::pin(run(cli)).await?;
-    if code != ExitCode::SUCCESS {
-        bail!("demo: `rag {}` failed", args.join(" "));
-    }
-    Ok(code)
-}
-
-async fn run(cli: Cli) -> Result<ExitCode> {
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Setup { venv } => {
             let venv = venv.unwrap_or_else(evaluator::env::venv_dir);
@@ -677,7 +477,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             what: BenchWhat::Native(args),
         } => native::bench_native(args).await,
-        Command::Demo { out } => demo(out).await,
+        Command::Demo { out, rows } => demo::demo(&out, rows).await,
     }
 }
 

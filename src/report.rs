@@ -153,3 +153,91 @@ pub async fn write_eval_report(
         },
     )?)
 }
+
+/// Side of one picture on an eval sheet, pixels (half the dataset's size).
+const SHEET_TILE: u32 = 224;
+
+/// `rag eval --sheet`: the first `rows` queries, `per_row` to a line of the sheet, each as
+/// query | each mode's answer | the ground truth rendered the same way, every answer
+/// captioned with its two IoUs.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_eval_sheet(
+    path: &Path,
+    pool: &Arc<WorkerPool>,
+    title: &[String],
+    queries: &[Option<Vec<u8>>],
+    truths: &[String],
+    modes: &[ModeResults],
+    rows: usize,
+    per_row: usize,
+) -> Result<()> {
+    use evaluator::sheet::{grid, Tile};
+    let n = queries.len().min(rows);
+    let mut codes: Vec<String> = truths[..n].to_vec();
+    for m in modes {
+        codes.extend(m.predictions[..n].iter().flatten().cloned());
+    }
+    codes.sort();
+    codes.dedup();
+    let pictures = render_all(pool, codes).await?;
+    let picture = |code: &str| match pictures.get(code) {
+        Some(Picture::Png(png)) => image::load_from_memory(png).ok().map(|i| i.to_rgb8()),
+        _ => None,
+    };
+    let iou = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let mut lines: Vec<Vec<Tile>> = Vec::new();
+    for i in 0..n {
+        let mut tiles = vec![Tile {
+            heading: modes
+                .first()
+                .map_or(String::new(), |m| m.items[i].id.clone()),
+            image: queries[i]
+                .as_ref()
+                .and_then(|png| image::load_from_memory(png).ok())
+                .map(|img| indexer::encoder::to_rgb_on_white(&img)),
+            caption: vec!["query".into()],
+        }];
+        for m in modes {
+            let item = &m.items[i];
+            let caption = match (&m.predictions[i], item.status == evaluator::Status::Ok) {
+                (None, _) => vec![m.name.clone(), "no answer".into()],
+                (Some(_), false) => vec![
+                    m.name.clone(),
+                    serde_json::to_string(&item.status)
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                        .to_string(),
+                ],
+                (Some(_), true) => vec![
+                    m.name.clone(),
+                    format!("vol {}", iou(item.volume_iou)),
+                    format!("shell {}", iou(item.shell_iou)),
+                ],
+            };
+            tiles.push(Tile {
+                heading: String::new(),
+                image: m.predictions[i].as_deref().and_then(picture),
+                caption,
+            });
+        }
+        tiles.push(Tile {
+            heading: String::new(),
+            image: picture(&truths[i]),
+            caption: vec!["ground truth".into()],
+        });
+        match lines.last_mut() {
+            Some(line) if i % per_row.max(1) != 0 => line.extend(tiles),
+            _ => lines.push(tiles),
+        }
+    }
+    let sheet = grid(title, &lines, SHEET_TILE);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("png.tmp");
+    sheet
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -335,8 +335,22 @@ fn a_dev_folder_is_read_in_place_and_its_faults_are_named() {
         a.extend_from_slice(extra);
         rag(&a)
     };
-    let e = ok_json(&eval(&["--json"]));
+    let (sheet, answers) = (tmp.path().join("sheet.png"), tmp.path().join("answers"));
+    let e = ok_json(&eval(&[
+        "--json",
+        "--sheet",
+        s(&sheet),
+        "--answers",
+        s(&answers),
+    ]));
     assert_eq!(e["n"], 2, "{e}");
+    // The sheet: per query, query | retrieval answer | ground truth at 224 px.
+    let sheet = image::open(&sheet).unwrap();
+    assert!(sheet.width() >= 3 * 224 && sheet.height() >= 2 * 224);
+    for q in ["q0", "q1"] {
+        let code = std::fs::read_to_string(answers.join("retrieval").join(format!("{q}.py")));
+        assert!(code.unwrap().contains("cq.Workplane"), "{q}");
+    }
     let cov = &ok_json(&rag(&[
         "bench",
         "coverage",

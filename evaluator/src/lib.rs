@@ -15,6 +15,7 @@ pub mod render_match;
 pub mod report;
 pub mod score;
 pub mod shape;
+pub mod sheet;
 pub mod shell;
 pub mod style;
 pub mod worker;
