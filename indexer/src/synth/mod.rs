@@ -7,6 +7,6 @@ pub mod rng;
 pub mod sampler;
 
 pub use pipeline::{
-    synthesize, written_version, SynthConfig, SynthError, SynthReport, SYNTH_VERSION,
+    synthesize, written_settings, SynthConfig, SynthError, SynthReport, SYNTH_VERSION,
 };
 pub use sampler::{PartProgram, ProgramSampler};

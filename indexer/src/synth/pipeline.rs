@@ -26,7 +26,29 @@ use crate::corpus::{
 };
 
 /// Version of the sampler + filters; a state file from another version is refused on resume.
-pub const SYNTH_VERSION: u32 = 6;
+pub const SYNTH_VERSION: u32 = 7;
+
+/// Shares of parts with 1, 2, 3 and 4 or more sketches that accepted rows keep to (the real
+/// split's, [`crate::dialect::REAL`]): the near-duplicate filter drops mostly one-sketch
+/// parts, more of them the bigger the corpus, so sampling weights alone cannot hold them.
+const SKETCH_SHARES: [f64; 4] = [0.57, 0.19, 0.12, 0.12];
+
+/// Rows a sketch-count class may run ahead of its share of the rows accepted so far.
+const SKETCH_SLACK: f64 = 2.0;
+
+/// Candidates rejected in a row after which the share quota gives way (a class the sampler
+/// cannot supply any more must not stall synthesis).
+const SKETCH_STALL: u64 = 1000;
+
+/// Index into [`SKETCH_SHARES`] of a part with `sketches` sketches.
+fn sketch_class(sketches: usize) -> usize {
+    sketches.clamp(1, 4) - 1
+}
+
+/// Whether one more row of `class` would put it past its share of `accepted + 1` rows.
+fn over_share(counts: &[usize; 4], class: usize, accepted: usize) -> bool {
+    (counts[class] + 1) as f64 > SKETCH_SHARES[class] * (accepted + 1) as f64 + SKETCH_SLACK
+}
 
 /// The instruction text stored in every row's `prompt` column (ours; the dataset's own text is
 /// not known to us, and no model reads this column).
@@ -100,6 +122,12 @@ struct SynthState {
     rejected: BTreeMap<String, usize>,
     /// Shape signatures of accepted rows (near-duplicate filter).
     signatures: Vec<u64>,
+    /// Accepted rows with 1, 2, 3 and 4 or more sketches.
+    #[serde(default)]
+    sketch_counts: [usize; 4],
+    /// Candidates rejected since the last accepted row.
+    #[serde(default)]
+    rejected_in_a_row: u64,
     complete: bool,
 }
 
@@ -165,7 +193,7 @@ pub async fn synthesize(
     let bar = progress_bar(config.n, state.accepted, show_progress);
     let sampler = ProgramSampler::new(config.seed);
     let window = pool.size() * 3;
-    let mut in_flight: VecDeque<tokio::task::JoinHandle<Verdict>> = VecDeque::new();
+    let mut in_flight: VecDeque<(usize, tokio::task::JoinHandle<Verdict>)> = VecDeque::new();
     let mut next_spawn = state.next_candidate;
     let mut interrupted = false;
     let run_started_accepted = state.accepted;
@@ -176,13 +204,16 @@ pub async fn synthesize(
             break;
         }
         while in_flight.len() < window {
-            let code = sampler.sample(next_spawn).code();
+            let program = sampler.sample(next_spawn);
+            let class = sketch_class(program.sketch_count());
+            let code = program.code();
             let pool = pool.clone();
             let size = config.image_size;
-            in_flight.push_back(tokio::spawn(async move { judge(&pool, code, size).await }));
+            let judged = tokio::spawn(async move { judge(&pool, code, size).await });
+            in_flight.push_back((class, judged));
             next_spawn += 1;
         }
-        let Some(handle) = in_flight.pop_front() else {
+        let Some((class, handle)) = in_flight.pop_front() else {
             break;
         };
         let verdict = tokio::select! {
@@ -190,10 +221,16 @@ pub async fn synthesize(
             _ = wait_for(interrupt.clone()) => { interrupted = true; break; }
         };
         state.next_candidate += 1;
+        state.rejected_in_a_row += 1;
+        let over = state.rejected_in_a_row <= SKETCH_STALL
+            && over_share(&state.sketch_counts, class, state.accepted);
         match verdict {
             Verdict::Reject(reason) => *state.rejected.entry(reason.to_string()).or_default() += 1,
             Verdict::Accept { signature, .. } if seen.contains(&signature) => {
                 *state.rejected.entry("near_duplicate".into()).or_default() += 1;
+            }
+            Verdict::Accept { .. } if over => {
+                *state.rejected.entry("sketch_share".into()).or_default() += 1;
             }
             Verdict::Accept {
                 code,
@@ -202,6 +239,8 @@ pub async fn synthesize(
             } => {
                 seen.insert(signature);
                 state.signatures.push(signature);
+                state.sketch_counts[class] += 1;
+                state.rejected_in_a_row = 0;
                 let j = state.accepted;
                 let (split, index) = config.place(j);
                 buffer.push(make_row(config, split, index, code, png));
@@ -221,7 +260,7 @@ pub async fn synthesize(
             }
         }
     }
-    for h in in_flight {
+    for (_, h) in in_flight {
         h.abort();
     }
     if interrupted && !buffer.is_empty() {
@@ -350,13 +389,14 @@ fn reload_partial(
     Ok(rows)
 }
 
-/// The synth version that wrote the corpus in `dir`, if it holds a readable state file; lets a
-/// caller that owns the folder (the demo) start over after the sampler changed.
-pub fn written_version(dir: &Path) -> Option<u32> {
+/// The synth version and settings that wrote the corpus in `dir`, if it holds a readable
+/// state file; lets a caller that owns the folder (the demo) start over after the sampler or
+/// its own settings changed, where a resume would be refused.
+pub fn written_settings(dir: &Path) -> Option<(u32, SynthConfig)> {
     let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
     serde_json::from_str::<SynthState>(&text)
         .ok()
-        .map(|s| s.version)
+        .map(|s| (s.version, s.config))
 }
 
 fn load_state(path: &Path, config: &SynthConfig) -> Result<SynthState, SynthError> {
@@ -367,6 +407,8 @@ fn load_state(path: &Path, config: &SynthConfig) -> Result<SynthState, SynthErro
         accepted: 0,
         rejected: BTreeMap::new(),
         signatures: Vec::new(),
+        sketch_counts: [0; 4],
+        rejected_in_a_row: 0,
         complete: false,
     };
     let text = match std::fs::read_to_string(path) {
@@ -595,6 +637,30 @@ fn shape_signature(props: Props, drawn_edges: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_share_quota_holds_every_sketch_class_to_its_share() {
+        // Candidates arrive with too few one-sketch parts (as after the near-duplicate
+        // filter of a big corpus): 40 / 30 / 15 / 15.
+        let arrivals = [0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0, 1, 1, 1, 2, 3];
+        let mut counts = [0usize; 4];
+        let mut accepted = 0;
+        for i in 0..20_000 {
+            let class = arrivals[i % arrivals.len()];
+            if !over_share(&counts, class, accepted) {
+                counts[class] += 1;
+                accepted += 1;
+            }
+        }
+        assert!(accepted > 10_000, "{accepted}");
+        for (c, share) in SKETCH_SHARES.iter().enumerate() {
+            let got = counts[c] as f64 / accepted as f64;
+            assert!((got - share).abs() < 0.005, "class {c}: {got} vs {share}");
+        }
+        assert_eq!(sketch_class(1), 0);
+        assert_eq!(sketch_class(4), 3);
+        assert_eq!(sketch_class(8), 3);
+    }
 
     #[test]
     fn splits_partition_the_rows() {

@@ -788,7 +788,8 @@ const FEATURE_OUTLINES: [(Outline, f64); 9] = [
 
 /// Sketch count weights for 1..=8 sketches (DESIGN.md: 57 / 19 / 12 / 12 over four to eight);
 /// one sketch is drawn a little more often because the near-duplicate filter mostly drops
-/// one-sketch parts.
+/// one-sketch parts (the synth pipeline's share quota holds the accepted rows to the real
+/// shares).
 const SKETCH_COUNTS: [f64; 8] = [57.5, 18.8, 11.8, 4.85, 3.2, 2.1, 1.45, 0.95];
 
 /// Probability that a base sketch is hollowed to a thin wall (a tube, a frame, a channel).
