@@ -11,6 +11,7 @@ use evaluator::report::{
     gallery_picks, write_report, GalleryCase, ModeReport, Picture, Provenance, Report,
 };
 use evaluator::{ItemScore, Summary, WorkerPool};
+use image::RgbImage;
 
 /// Side of the gallery renders, pixels (the dataset's size; the page shows them at half).
 const RENDER_SIZE: u32 = 448;
@@ -67,31 +68,37 @@ pub fn versions() -> Vec<(String, String)> {
     v
 }
 
-/// Renders `codes` in the pool, in parallel; each distinct program once.
+/// Renders `codes` in the pool, in parallel; each distinct program once, a failure as why.
 async fn render_all(
     pool: &Arc<WorkerPool>,
     codes: Vec<String>,
-) -> Result<HashMap<String, Picture>> {
+) -> Result<HashMap<String, Result<RgbImage, String>>> {
     let mut handles = Vec::new();
     for code in codes {
         let pool = pool.clone();
         handles.push(tokio::spawn(async move {
-            let picture = match pool.render(&code, RENDER_SIZE).await {
-                Ok(img) => match encode_png(img) {
-                    Ok(png) => Picture::Png(png),
-                    Err(e) => Picture::Missing(format!("PNG encoding failed: {e}")),
-                },
-                Err(e) => Picture::Missing(e.to_string()),
-            };
-            (code, picture)
+            let render = pool
+                .render(&code, RENDER_SIZE)
+                .await
+                .map_err(|e| e.to_string());
+            (code, render)
         }));
     }
     let mut out = HashMap::new();
     for h in handles {
-        let (code, picture) = h.await?;
-        out.insert(code, picture);
+        let (code, render) = h.await?;
+        out.insert(code, render);
     }
     Ok(out)
+}
+
+/// A render as the report's picture: PNG bytes, or why there is none.
+fn picture_of(render: Result<RgbImage, String>) -> Picture {
+    match render.map(encode_png) {
+        Ok(Ok(png)) => Picture::Png(png),
+        Ok(Err(e)) => Picture::Missing(format!("PNG encoding failed: {e}")),
+        Err(e) => Picture::Missing(e),
+    }
 }
 
 /// Writes the report: picks each mode's gallery, renders its programs, writes the page.
@@ -113,7 +120,11 @@ pub async fn write_eval_report(
     }
     codes.sort();
     codes.dedup();
-    let pictures = render_all(pool, codes).await?;
+    let pictures: HashMap<String, Picture> = render_all(pool, codes)
+        .await?
+        .into_iter()
+        .map(|(code, render)| (code, picture_of(render)))
+        .collect();
     let picture = |code: Option<&String>, none: &str| match code {
         Some(c) => pictures
             .get(c)
@@ -179,11 +190,8 @@ pub async fn write_eval_sheet(
     }
     codes.sort();
     codes.dedup();
-    let pictures = render_all(pool, codes).await?;
-    let picture = |code: &str| match pictures.get(code) {
-        Some(Picture::Png(png)) => image::load_from_memory(png).ok().map(|i| i.to_rgb8()),
-        _ => None,
-    };
+    let renders = render_all(pool, codes).await?;
+    let picture = |code: &str| renders.get(code).and_then(|r| r.as_ref().ok()).cloned();
     let iou = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
     let mut lines: Vec<Vec<Tile>> = Vec::new();
     for i in 0..n {
@@ -201,13 +209,7 @@ pub async fn write_eval_sheet(
             let item = &m.items[i];
             let caption = match (&m.predictions[i], item.status == evaluator::Status::Ok) {
                 (None, _) => vec![m.name.clone(), "no answer".into()],
-                (Some(_), false) => vec![
-                    m.name.clone(),
-                    serde_json::to_string(&item.status)
-                        .unwrap_or_default()
-                        .trim_matches('"')
-                        .to_string(),
-                ],
+                (Some(_), false) => vec![m.name.clone(), item.status.as_str().to_string()],
                 (Some(_), true) => vec![
                     m.name.clone(),
                     format!("vol {}", iou(item.volume_iou)),
