@@ -27,7 +27,8 @@ pub struct BuildArgs {
     /// Corpus folder (GenCAD parquet, our synthetic output, or <id>.png + jsonl).
     #[arg(long)]
     corpus: PathBuf,
-    /// Image encoder: `pixel` (the pixel-space baseline, `pixel-N` for N x N), a CLIP
+    /// Image encoder: `pixel` (the pixel-space baseline, `pixel-N` for N x N), `edges` /
+    /// `hog` (gradient magnitude / oriented gradients, `-N` cells per side), a CLIP
     /// checkpoint folder (ours or a Hugging Face one), or `A+B` (both, equal weight).
     #[arg(long)]
     encoder: String,

@@ -189,6 +189,30 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
         );
     }
 
+    // The pixel + oriented-gradient index (the one recommended for real images): the manifest
+    // names both parts, search rebuilds the encoder from it, and the query and its resized
+    // copy both find the query's own row first.
+    let hog = tmp.path().join("indices").join("pixel-hog");
+    let b = ok_json(&rag(&[
+        "index",
+        "build",
+        "--corpus",
+        s(&corpus),
+        "--encoder",
+        "pixel+hog",
+        "--out",
+        s(&hog),
+        "--json",
+    ]));
+    assert_eq!(b["vectors"], train.len());
+    for q in [query.clone(), tmp.path().join("small.png")] {
+        let v = ok_json(&search(&hog, &q, &["-k", "2"]));
+        assert_eq!(v["encoder"], "pixel-32+hog-16");
+        assert_eq!(v["neighbours"][0]["id"], qid.as_str(), "{}", q.display());
+        assert!(v["neighbours"][0]["score"].as_f64().unwrap() > 0.95);
+        assert!(v["neighbours"][1]["score"].as_f64().unwrap() < 0.999);
+    }
+
     // Keyword filter: every neighbour uses the required token, and all that do are found.
     let token = ["cut", "union", "circle", "threePointArc"]
         .into_iter()

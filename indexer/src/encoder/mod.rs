@@ -2,24 +2,28 @@
 //! evaluation do not care which model turns an image into a vector.
 //!
 //! Implementations: [`PixelEncoder`], the pixel-space baseline, [`ClipEncoder`], a CLIP
-//! checkpoint folder (a pretrained Hugging Face CLIP or our trained small CLIP), and
-//! [`CombinedEncoder`], several of them side by side.
+//! checkpoint folder (a pretrained Hugging Face CLIP or our trained small CLIP),
+//! [`GradientEncoder`], edge maps and oriented-gradient histograms, and [`CombinedEncoder`],
+//! several of them side by side.
 
 mod clip;
 mod combined;
+mod gradient;
 mod pixel;
 
 use std::path::{Path, PathBuf};
 
 pub use clip::ClipEncoder;
 pub use combined::CombinedEncoder;
+pub use gradient::{GradientEncoder, EDGES_DEFAULT_SIDE, HOG_DEFAULT_SIDE};
 pub use pixel::{ink_thumbnail, PixelEncoder, PIXEL_DEFAULT_SIDE};
 
 /// Errors of choosing an encoder, reading a query image or embedding it.
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
-    /// An encoder spec that is neither `pixel`, `pixel-N`, an existing path nor a `+` join.
-    #[error("unknown encoder `{0}`: expected `pixel`, `pixel-N` (N = 8..128), a CLIP checkpoint folder, or several joined by `+`")]
+    /// An encoder spec that is neither `pixel[-N]`, `edges[-N]`, `hog[-N]`, an existing path
+    /// nor a `+` join.
+    #[error("unknown encoder `{0}`: expected `pixel`, `pixel-N` (N = 8..128), `edges[-N]`, `hog[-N]` (N = 4..64), a CLIP checkpoint folder, or several joined by `+`")]
     UnknownSpec(String),
     /// A CLIP checkpoint folder could not be loaded.
     #[error(transparent)]
@@ -76,6 +80,22 @@ pub struct EncoderIdentity {
     pub dims: usize,
 }
 
+impl EncoderIdentity {
+    /// The identity of a hand-written encoder whose vectors depend only on `id` and
+    /// `config`: the hash is FNV-1a 64 over both.
+    pub fn from_config(id: String, config: serde_json::Value, dims: usize) -> Self {
+        let mut h = Fnv1a64::new();
+        h.update_str(&id);
+        h.update_str(&config.to_string());
+        EncoderIdentity {
+            id,
+            config,
+            hash: format!("{:016x}", h.finish()),
+            dims,
+        }
+    }
+}
+
 /// Turns RGB images into L2-normalised vectors whose dot product is the cosine similarity.
 pub trait ImageEncoder: Send + Sync {
     /// The identity written into manifests and checked when an index is loaded.
@@ -119,9 +139,9 @@ pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -
     })
 }
 
-/// Builds the encoder named on the command line: `pixel` / `pixel-N`, a CLIP checkpoint
-/// folder (on the GPU in a `cuda` build that finds one, else the CPU), or several of these
-/// joined by `+` ([`CombinedEncoder`]).
+/// Builds the encoder named on the command line: `pixel` / `pixel-N`, `edges` / `hog` (`-N`),
+/// a CLIP checkpoint folder (on the GPU in a `cuda` build that finds one, else the CPU), or
+/// several of these joined by `+` ([`CombinedEncoder`]).
 pub fn encoder_from_spec(spec: &str) -> Result<Box<dyn ImageEncoder>, EncoderError> {
     let s = spec.trim();
     if s.contains('+') && !Path::new(s).exists() {
@@ -139,6 +159,22 @@ pub fn encoder_from_spec(spec: &str) -> Result<Box<dyn ImageEncoder>, EncoderErr
             Ok(side) if (8..=128).contains(&side) => Ok(Box::new(PixelEncoder::new(side))),
             _ => Err(EncoderError::UnknownSpec(spec.to_string())),
         };
+    }
+    type Make = fn(u32) -> GradientEncoder;
+    let gradient: [(&str, u32, Make); 2] = [
+        ("edges", EDGES_DEFAULT_SIDE, GradientEncoder::edges),
+        ("hog", HOG_DEFAULT_SIDE, GradientEncoder::hog),
+    ];
+    for (name, default_side, make) in gradient {
+        if s == name {
+            return Ok(Box::new(make(default_side)));
+        }
+        if let Some(n) = s.strip_prefix(name).and_then(|r| r.strip_prefix('-')) {
+            return match n.parse::<u32>() {
+                Ok(side) if (4..=64).contains(&side) => Ok(Box::new(make(side))),
+                _ => Err(EncoderError::UnknownSpec(spec.to_string())),
+            };
+        }
     }
     let path = Path::new(s);
     if path.exists() {
@@ -281,6 +317,18 @@ mod tests {
             "pixel-32"
         );
         assert_eq!(encoder_from_spec("pixel-16").unwrap().dims(), 256);
+        assert_eq!(
+            encoder_from_spec("edges").unwrap().identity().id,
+            "edges-32"
+        );
+        assert_eq!(encoder_from_spec("hog").unwrap().dims(), 1024);
+        assert_eq!(encoder_from_spec("hog-8").unwrap().dims(), 256);
+        for bad in ["hog-2", "edges-x", "hogs"] {
+            assert!(
+                matches!(encoder_from_spec(bad), Err(EncoderError::UnknownSpec(_))),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             encoder_from_spec("pixel-2"),
             Err(EncoderError::UnknownSpec(_))

@@ -8,7 +8,7 @@
 //! aspect ratio, which carries shape information. Subtracting the mean makes the score a
 //! correlation (a blank-ish image does not match everything).
 
-use super::{normalise_unit, EncoderError, EncoderIdentity, Fnv1a64, ImageEncoder};
+use super::{normalise_unit, EncoderError, EncoderIdentity, ImageEncoder};
 
 /// Default output side: 32 x 32 = 1024 dimensions.
 pub const PIXEL_DEFAULT_SIDE: u32 = 32;
@@ -57,10 +57,18 @@ fn axis_weights(start: f64, extent: f64, cells: u32, len: u32) -> Vec<Vec<(usize
         .collect()
 }
 
-/// The part's ink (1 - grey, 0..1) in a `side_px x side_px` grid: the foreground bounding box
-/// grown to a square around its centre, area-averaged. Shared by the pixel baseline and the
-/// small CLIP's preprocessing, so both see a query framed any way like a GenCAD render.
-pub fn ink_thumbnail(image: &image::RgbImage, side_px: u32) -> Result<Vec<f32>, EncoderError> {
+/// The square the encoders look at: the foreground bounding box grown to a square around its
+/// centre, in source pixels.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Frame {
+    cx: f64,
+    cy: f64,
+    extent: f64,
+}
+
+/// Finds the part in `image`: the [`Frame`] around every pixel darker than the background;
+/// a picture with no background-coloured pixel uses it all.
+pub(crate) fn foreground_frame(image: &image::RgbImage) -> Result<Frame, EncoderError> {
     let (w, h) = image.dimensions();
     if w == 0 || h == 0 {
         return Err(EncoderError::Empty {
@@ -68,11 +76,6 @@ pub fn ink_thumbnail(image: &image::RgbImage, side_px: u32) -> Result<Vec<f32>, 
             height: h,
         });
     }
-    let ink: Vec<f32> = image
-        .pixels()
-        .map(|p| f32::from(255 - luma(p)) / 255.0)
-        .collect();
-    // Foreground bounding box; a picture with no background-coloured pixel uses it all.
     let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0u32, 0u32);
     for (x, y, p) in image.enumerate_pixels() {
         if luma(p) < BACKGROUND_LEVEL {
@@ -85,16 +88,28 @@ pub fn ink_thumbnail(image: &image::RgbImage, side_px: u32) -> Result<Vec<f32>, 
     if x0 == u32::MAX {
         return Err(EncoderError::Blank);
     }
-    let extent = f64::from((x1 - x0).max(y1 - y0));
-    let cx = f64::from(x0 + x1) / 2.0;
-    let cy = f64::from(y0 + y1) / 2.0;
-    let wx = axis_weights(cx - extent / 2.0, extent, side_px, w);
-    let wy = axis_weights(cy - extent / 2.0, extent, side_px, h);
+    Ok(Frame {
+        cx: f64::from(x0 + x1) / 2.0,
+        cy: f64::from(y0 + y1) / 2.0,
+        extent: f64::from((x1 - x0).max(y1 - y0)),
+    })
+}
+
+/// Area-averages a `w x h` map of per-pixel `values` (0 outside the image) over `frame` into
+/// a `side_px x side_px` grid, row-major.
+pub(crate) fn frame_average(
+    values: &[f32],
+    (w, h): (u32, u32),
+    frame: Frame,
+    side_px: u32,
+) -> Vec<f32> {
+    let wx = axis_weights(frame.cx - frame.extent / 2.0, frame.extent, side_px, w);
+    let wy = axis_weights(frame.cy - frame.extent / 2.0, frame.extent, side_px, h);
     let side = side_px as usize;
     // Separable area average: columns first (per source row), then rows.
     let mut cols = vec![0f32; h as usize * side];
     for y in 0..h as usize {
-        let row = &ink[y * w as usize..(y + 1) * w as usize];
+        let row = &values[y * w as usize..(y + 1) * w as usize];
         for (i, ws) in wx.iter().enumerate() {
             cols[y * side + i] = ws.iter().map(|(x, k)| row[*x] * k).sum();
         }
@@ -106,6 +121,37 @@ pub fn ink_thumbnail(image: &image::RgbImage, side_px: u32) -> Result<Vec<f32>, 
                 v[j * side + i] += cols[y * side + i] * k;
             }
         }
+    }
+    v
+}
+
+/// Per-pixel ink (1 - grey, 0..1), row-major.
+pub(crate) fn ink_map(image: &image::RgbImage) -> Vec<f32> {
+    image
+        .pixels()
+        .map(|p| f32::from(255 - luma(p)) / 255.0)
+        .collect()
+}
+
+/// The part's ink (1 - grey, 0..1) in a `side_px x side_px` grid: the foreground bounding box
+/// grown to a square around its centre, area-averaged. Shared by the pixel baseline and the
+/// small CLIP's preprocessing, so both see a query framed any way like a GenCAD render.
+pub fn ink_thumbnail(image: &image::RgbImage, side_px: u32) -> Result<Vec<f32>, EncoderError> {
+    let frame = foreground_frame(image)?;
+    Ok(frame_average(
+        &ink_map(image),
+        image.dimensions(),
+        frame,
+        side_px,
+    ))
+}
+
+/// Subtracts the mean and scales to unit length; a vector with nothing left is blank.
+pub(crate) fn centre_and_normalise(mut v: Vec<f32>) -> Result<Vec<f32>, EncoderError> {
+    let mean = v.iter().sum::<f32>() / v.len() as f32;
+    v.iter_mut().for_each(|x| *x -= mean);
+    if v.iter().map(|x| x.abs()).fold(0.0, f32::max) < 1e-6 || !normalise_unit(&mut v) {
+        return Err(EncoderError::Blank);
     }
     Ok(v)
 }
@@ -123,15 +169,7 @@ impl ImageEncoder for PixelEncoder {
             "norm": "l2",
         });
         let id = format!("pixel-{}", self.side);
-        let mut h = Fnv1a64::new();
-        h.update_str(&id);
-        h.update_str(&config.to_string());
-        EncoderIdentity {
-            id,
-            config,
-            hash: format!("{:016x}", h.finish()),
-            dims: self.dims(),
-        }
+        EncoderIdentity::from_config(id, config, self.dims())
     }
 
     fn dims(&self) -> usize {
@@ -139,13 +177,7 @@ impl ImageEncoder for PixelEncoder {
     }
 
     fn encode(&self, image: &image::RgbImage) -> Result<Vec<f32>, EncoderError> {
-        let mut v = ink_thumbnail(image, self.side)?;
-        let mean = v.iter().sum::<f32>() / v.len() as f32;
-        v.iter_mut().for_each(|x| *x -= mean);
-        if v.iter().map(|x| x.abs()).fold(0.0, f32::max) < 1e-6 || !normalise_unit(&mut v) {
-            return Err(EncoderError::Blank);
-        }
-        Ok(v)
+        centre_and_normalise(ink_thumbnail(image, self.side)?)
     }
 }
 
