@@ -192,7 +192,7 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
     // The pixel + oriented-gradient index (the one recommended for real images): the manifest
     // names both parts, search rebuilds the encoder from it, and the query and its resized
     // copy both find the query's own row first.
-    let hog = tmp.path().join("indices").join("pixel-hog");
+    let hog = tmp.path().join("pixel-hog");
     let b = ok_json(&rag(&[
         "index",
         "build",
