@@ -111,27 +111,13 @@ impl ImageEncoder for GradientEncoder {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pixel::tests::{dot, plate};
     use super::*;
-
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
-
-    /// A grey box of `bw x bh` at (x0, y0) on white.
-    fn boxed(size: u32, x0: u32, y0: u32, bw: u32, bh: u32) -> image::RgbImage {
-        let mut img = image::RgbImage::from_pixel(size, size, image::Rgb([255, 255, 255]));
-        for y in y0..y0 + bh {
-            for x in x0..x0 + bw {
-                img.put_pixel(x, y, image::Rgb([120, 120, 120]));
-            }
-        }
-        img
-    }
 
     #[test]
     fn edges_sit_on_the_outline_not_inside_it() {
         let e = GradientEncoder::edges(16);
-        let img = boxed(160, 0, 40, 160, 80);
+        let img = plate(160, 0, 40, 160, 80);
         let v = e.encode(&img).unwrap();
         assert_eq!(v.len(), 256);
         assert!((dot(&v, &v) - 1.0).abs() < 1e-4);
@@ -145,9 +131,9 @@ mod tests {
     fn hog_tells_a_wide_box_from_a_tall_one_by_edge_direction() {
         let e = GradientEncoder::hog(8);
         assert_eq!(e.dims(), 256);
-        let wide = e.encode(&boxed(200, 20, 80, 160, 40)).unwrap();
-        let wide2 = e.encode(&boxed(100, 10, 40, 80, 20)).unwrap();
-        let tall = e.encode(&boxed(200, 80, 20, 40, 160)).unwrap();
+        let wide = e.encode(&plate(200, 20, 80, 160, 40)).unwrap();
+        let wide2 = e.encode(&plate(100, 10, 40, 80, 20)).unwrap();
+        let tall = e.encode(&plate(200, 80, 20, 40, 160)).unwrap();
         assert!(dot(&wide, &wide2) > 0.9, "{}", dot(&wide, &wide2));
         assert!(dot(&wide, &tall) < 0.5, "{}", dot(&wide, &tall));
     }

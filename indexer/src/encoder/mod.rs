@@ -151,27 +151,26 @@ pub fn encoder_from_spec(spec: &str) -> Result<Box<dyn ImageEncoder>, EncoderErr
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(Box::new(CombinedEncoder::new(parts)));
     }
-    if s == "pixel" {
-        return Ok(Box::new(PixelEncoder::new(PIXEL_DEFAULT_SIDE)));
-    }
-    if let Some(n) = s.strip_prefix("pixel-") {
-        return match n.parse::<u32>() {
-            Ok(side) if (8..=128).contains(&side) => Ok(Box::new(PixelEncoder::new(side))),
-            _ => Err(EncoderError::UnknownSpec(spec.to_string())),
-        };
-    }
-    type Make = fn(u32) -> GradientEncoder;
-    let gradient: [(&str, u32, Make); 2] = [
-        ("edges", EDGES_DEFAULT_SIDE, GradientEncoder::edges),
-        ("hog", HOG_DEFAULT_SIDE, GradientEncoder::hog),
+    // Hand-written encoders: `name` at its default side, or `name-N` with N in range.
+    type Make = fn(u32) -> Box<dyn ImageEncoder>;
+    let named: [(&str, u32, std::ops::RangeInclusive<u32>, Make); 3] = [
+        ("pixel", PIXEL_DEFAULT_SIDE, 8..=128, |n| {
+            Box::new(PixelEncoder::new(n))
+        }),
+        ("edges", EDGES_DEFAULT_SIDE, 4..=64, |n| {
+            Box::new(GradientEncoder::edges(n))
+        }),
+        ("hog", HOG_DEFAULT_SIDE, 4..=64, |n| {
+            Box::new(GradientEncoder::hog(n))
+        }),
     ];
-    for (name, default_side, make) in gradient {
+    for (name, default_side, sides, make) in named {
         if s == name {
-            return Ok(Box::new(make(default_side)));
+            return Ok(make(default_side));
         }
         if let Some(n) = s.strip_prefix(name).and_then(|r| r.strip_prefix('-')) {
             return match n.parse::<u32>() {
-                Ok(side) if (4..=64).contains(&side) => Ok(Box::new(make(side))),
+                Ok(side) if sides.contains(&side) => Ok(make(side)),
                 _ => Err(EncoderError::UnknownSpec(spec.to_string())),
             };
         }

@@ -182,15 +182,22 @@ impl ImageEncoder for PixelEncoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
+    /// The dot product (the cosine, for unit vectors).
+    pub(in crate::encoder) fn dot(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
     /// A white canvas with a grey box and a black outline, like a GenCAD render of a plate.
-    fn plate(size: u32, x0: u32, y0: u32, bw: u32, bh: u32) -> image::RgbImage {
+    pub(in crate::encoder) fn plate(
+        size: u32,
+        x0: u32,
+        y0: u32,
+        bw: u32,
+        bh: u32,
+    ) -> image::RgbImage {
         let mut img = image::RgbImage::from_pixel(size, size, image::Rgb([255, 255, 255]));
         for y in y0..y0 + bh {
             for x in x0..x0 + bw {
