@@ -72,9 +72,10 @@ pub async fn demo(out: &Path, rows: usize) -> Result<ExitCode> {
     dataset::gallery(&corpus, "train", 16, &out.join("corpus_gallery.png"))?;
     dataset::style(&out.join("style")).await?;
 
-    // Retrieval: the pixel index over the train split (the encoder to use on real images).
+    // Retrieval: the pixel + oriented-gradient index over the train split (the encoder to
+    // use on real images).
     let (c, i) = (corpus.display().to_string(), path("index"));
-    step_index(&c, "pixel", &i, None).await?;
+    step_index(&c, "pixel+hog", &i, None).await?;
 
     // Real images: the 8 GenCAD-Code reference samples, answered retrieval-only and with the
     // fitted search, scored with both IoU protocols against their real code.
