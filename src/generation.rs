@@ -1,7 +1,7 @@
 //! `generate` and `eval`: image -> code by retrieval, the generator, or both, and the scoring
 //! of a corpus split with the real metrics. Thin: the work is in the generator crate.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,21 +10,20 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use evaluator::score::score_pair;
-use evaluator::{Breakdown, CodeText, PairInput, Protocols, Summary, WorkerPool};
+use evaluator::{CodeText, Protocols, WorkerPool};
+use generator::eval::{
+    evaluate, percentile, EvalContext, EvalMode, EvalSetup, ModeDetails, ModeReport, ModeRun,
+};
 use generator::fallback::{first_that_runs, CodeSource};
 use generator::fit::{Choose, FitOptions};
-use generator::select::{
-    self, select, RankCheck, RefineOptions, RenderJudge, ScoredCandidate, SelectOptions, Selection,
-    SelectionStats,
-};
-use generator::{answer_image, answer_vector, Answer, DecodeOptions, Generator, Mode, Strategy};
+use generator::select::{RefineOptions, SelectOptions};
+use generator::{answer_image, DecodeOptions, Generator, Mode, Query, Selecting, Strategy};
 use indexer::corpus::{CorpusReader, Split};
-use indexer::encoder::{load_image, to_rgb_on_white, Fnv1a64};
+use indexer::encoder::load_image;
 use retriever::Retriever;
 
 use crate::report;
-use crate::retrieval::{load_retriever, percentile};
+use crate::retrieval::load_retriever;
 use crate::{fmt_opt, print_table, progress_bar, start_pool, PoolArgs};
 
 /// Decoding options shared by `generate` and `eval`.
@@ -280,16 +279,19 @@ async fn generate_by_selection(
     let opts = args
         .select
         .options(&args.decode, args.refine, args.select.fit);
-    let (answer, sel) = select_answer(
+    let selecting = Selecting {
+        name: "select",
         retriever,
-        generator.as_ref(),
-        pool,
-        &image,
-        &vector,
-        embed,
-        &opts,
-    )
-    .await?;
+        generator: generator.as_ref(),
+        runner: pool.clone(),
+        opts,
+    };
+    let query = Query {
+        image: &image,
+        vector: &vector,
+        embed_seconds: embed,
+    };
+    let (answer, sel) = selecting.select(query).await?;
     if args.explain {
         eprint!("{}", sel.explain());
     }
@@ -345,48 +347,6 @@ fn describe(source: &CodeSource) -> String {
     match source {
         CodeSource::Generated => "the generated code".into(),
         CodeSource::Neighbour { rank, id } => format!("neighbour {rank} ({id})"),
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EvalMode {
-    /// The top-1 neighbour's code is the prediction.
-    Retrieval,
-    /// The generator with no neighbours in its prompt.
-    Generator,
-    /// The generator with the top-k neighbours in its prompt.
-    Rag,
-    /// Best-of-N: the model's greedy/beam output, `--samples` samples and the top
-    /// `--candidates` snippets executed, ranked by render match (snippets only without --model).
-    Rerank,
-    /// Rerank, then the winner's numbers refined against the render match.
-    Refine,
-    /// Rerank with the fitted search's programs among the candidates: the retrieved
-    /// structures' numbers fitted to the query by the native renderer.
-    Fit,
-}
-
-impl EvalMode {
-    /// The name on the command line and in reports.
-    fn as_str(self) -> &'static str {
-        match self {
-            EvalMode::Retrieval => "retrieval",
-            EvalMode::Generator => "generator",
-            EvalMode::Rag => "rag",
-            EvalMode::Rerank => "rerank",
-            EvalMode::Refine => "refine",
-            EvalMode::Fit => "fit",
-        }
-    }
-
-    /// The single-answer path, or None for the execution-guided modes.
-    fn pipeline(self) -> Option<Mode> {
-        match self {
-            EvalMode::Retrieval => Some(Mode::Retrieval),
-            EvalMode::Generator => Some(Mode::Generator),
-            EvalMode::Rag => Some(Mode::Rag),
-            EvalMode::Rerank | EvalMode::Refine | EvalMode::Fit => None,
-        }
     }
 }
 
@@ -479,67 +439,11 @@ impl SelectArgs {
     }
 }
 
-/// Answers one embedded image by execution-guided selection, as an [`Answer`] (the chosen
-/// code; decode and sandbox time in its latency) with the [`Selection`] behind it.
-#[allow(clippy::too_many_arguments)]
-async fn select_answer(
-    retriever: &Retriever,
-    generator: Option<&Generator>,
-    pool: &Arc<WorkerPool>,
-    image: &image::RgbImage,
-    vector: &[f32],
-    embed_seconds: f64,
-    opts: &SelectOptions,
-) -> Result<(Answer, Selection)> {
-    let k = generator.map_or(0, |g| g.model.config().layout.k);
-    let set = retriever.search_vector(
-        vector,
-        (opts.neighbours + select::FALLBACK_NEIGHBOURS)
-            .max(k)
-            .max(opts.fit.map_or(0, |f| f.structures)),
-        &[],
-    )?;
-    let mut judge = RenderJudge::new(pool.clone(), retriever.encoder(), image, vector.to_vec());
-    let sel = select(&mut judge, generator, vector, &set.neighbours, opts).await;
-    let answer = Answer {
-        code: sel.code.clone(),
-        mode: if generator.is_some() {
-            Mode::Rag
-        } else {
-            Mode::Retrieval
-        },
-        neighbours: set.neighbours,
-        generation: None,
-        decode_error: None,
-        embed_seconds,
-        search_seconds: set.search_seconds,
-        decode_seconds: sel.decode_seconds + sel.check_seconds,
-    };
-    Ok((answer, sel))
-}
-
-/// The per-item note of a selection: the chosen source and every candidate's outcome.
-fn selection_note(sel: &Selection) -> serde_json::Value {
-    serde_json::json!({
-        "source": sel.chosen().map(|c| &c.source),
-        "fell_back": sel.fell_back,
-        "executed": sel.executed,
-        "refinement": sel.refinement,
-        "fitted_search": sel.fit.as_ref().map(|f| serde_json::json!({
-            "structures": f.structures,
-            "drawn": f.drawn,
-            "skipped": f.skipped,
-            "renders": f.renders,
-            "seconds": f.seconds,
-        })),
-        "candidates": sel.candidates.iter().map(|c| serde_json::json!({
-            "source": c.source,
-            "also": c.also,
-            "status": c.status,
-            "fit": c.fit,
-            "native": c.native,
-        })).collect::<Vec<_>>(),
-    })
+/// `--mode`'s values, each with its help line.
+fn mode_parser() -> impl clap::builder::TypedValueParser<Value = EvalMode> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(EvalMode::ALL.map(|m| PossibleValue::new(m.as_str()).help(m.help())))
+        .try_map(|s| s.parse::<EvalMode>())
 }
 
 #[derive(Args)]
@@ -553,8 +457,8 @@ pub struct EvalArgs {
     /// Index folder.
     #[arg(long)]
     index: PathBuf,
-    /// Modes to compare (comma-separated): retrieval, generator, rag.
-    #[arg(long, value_enum, value_delimiter = ',', required = true)]
+    /// Modes to compare (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true, value_parser = mode_parser())]
     mode: Vec<EvalMode>,
     /// Generator checkpoint (needed by the generator and rag modes).
     #[arg(long)]
@@ -601,57 +505,8 @@ pub struct EvalArgs {
     pool: PoolArgs,
 }
 
-/// Code with comments and all whitespace removed: two programs are the same shape when
-/// these are equal (our dialect has no other spelling freedom that keeps the shape).
-fn normalise_code(code: &str) -> String {
-    code.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
-        .collect()
-}
-
-fn code_key(code: &str) -> u64 {
-    let mut h = Fnv1a64::new();
-    h.update(normalise_code(code).as_bytes());
-    h.finish()
-}
-
-/// One mode's predictions over the split.
-struct ModeRun {
-    mode: EvalMode,
-    inputs: Vec<PairInput>,
-    /// Per query: seconds to answer (none when the query failed before an answer).
-    latencies: Vec<Option<f64>>,
-    /// Per query, with `--fallback` in a model mode: the answer, to check in the sandbox.
-    pending: Vec<Option<Answer>>,
-    /// Per query: what produced the prediction (neighbour or generation facts).
-    notes: Vec<serde_json::Value>,
-    /// Per query: the top neighbour's id and code (the report's gallery renders it).
-    top: Vec<Option<(String, String)>>,
-    /// Per query, in the selection modes: the candidates and the choice.
-    selections: Vec<Option<Selection>>,
-}
-
-fn note(a: &Answer) -> serde_json::Value {
-    let top = a.neighbours.first();
-    let mut v = serde_json::json!({
-        "neighbour_id": top.map(|n| n.id.clone()),
-        "neighbour_score": top.map(|n| n.score),
-        "answer_seconds": a.seconds(),
-    });
-    if let Some(g) = &a.generation {
-        v["tokens"] = g.tokens.into();
-        v["finished"] = g.finished.into();
-        v["log_prob"] = g.log_prob.into();
-        v["generated"] = g.compact.clone().into();
-    }
-    if let Some(e) = &a.decode_error {
-        v["decode_error"] = e.clone().into();
-    }
-    v
-}
-
-/// `rag eval`: every query of a split answered in each mode, then scored with both protocols.
+/// `rag eval`: every query of a split answered in each mode, then scored with both protocols
+/// (the harness is `generator::eval`; this wires the arguments and writes the results).
 pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     let split: Split = args.split.parse()?;
     let modes: Vec<EvalMode> = {
@@ -666,9 +521,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     let t = Instant::now();
     let retriever = load_retriever(&args.index, None)?;
     let load_seconds = t.elapsed().as_secs_f64();
-    let needs_model = modes
-        .iter()
-        .any(|m| matches!(m, EvalMode::Generator | EvalMode::Rag));
+    let needs_model = modes.iter().any(|m| m.needs_model());
     let uses_model = modes.iter().any(|m| *m != EvalMode::Retrieval);
     let generator = match (&args.model, needs_model, uses_model) {
         (Some(m), _, true) => Some(args.decode.load(m, &retriever)?),
@@ -680,297 +533,79 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
     if generator.is_none() && uses_model {
         eprintln!("no --model: the rerank and refine modes choose among retrieved snippets only");
     }
-    let opts = args.decode.options();
     let reader = CorpusReader::open(&args.corpus)?;
     let available = reader.num_rows(split);
     let total = args.limit.map_or(available, |l| l.min(available));
     if total == 0 {
         bail!("{}: split {split} has no rows", args.corpus.display());
     }
-    let in_index: HashSet<u64> = retriever
-        .store()
-        .iter()
-        .map(|e| code_key(&e.code))
-        .collect();
-    let mut runs: Vec<ModeRun> = modes
-        .iter()
-        .map(|&mode| ModeRun {
-            mode,
-            inputs: Vec::with_capacity(total),
-            latencies: Vec::with_capacity(total),
-            pending: Vec::new(),
-            notes: Vec::with_capacity(total),
-            top: Vec::with_capacity(total),
-            selections: Vec::with_capacity(total),
-        })
-        .collect();
     // The selection modes execute candidates while answering; scoring uses the same pool.
     let pool = start_pool(&args.pool).await?;
-    let (rerank_opts, refine_opts, fit_opts) = (
-        args.select.options(&args.decode, false, false),
-        args.select.options(&args.decode, true, false),
-        args.select.options(&args.decode, false, true),
-    );
-    let select_opts = |m: EvalMode| match m {
-        EvalMode::Refine => &refine_opts,
-        EvalMode::Fit => &fit_opts,
-        _ => &rerank_opts,
+    let setup = EvalSetup {
+        retriever: &retriever,
+        generator: generator.as_ref(),
+        pool: pool.clone(),
+        modes,
+        decode: args.decode.options(),
+        rerank: args.select.options(&args.decode, false, false),
+        refine: args.select.options(&args.decode, true, false),
+        fit: args.select.options(&args.decode, false, true),
+        fallback: args.fallback,
+        keep_queries: args.report.is_some() || args.sheet.is_some(),
+        rank_check: args.rank_check,
     };
-    let mut queries: Vec<Option<Vec<u8>>> = Vec::new();
-    let mut with_match = 0usize;
-    let mut hits = [0usize; 3];
-    let bar = progress_bar(total as u64);
-    bar.set_message(format!(
-        "answering {split} queries ({})",
-        modes
-            .iter()
-            .map(|m| m.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    for row in reader.rows(split).take(total) {
-        let row = row?;
-        if args.report.is_some() || args.sheet.is_some() {
-            queries.push(Some(row.image_png.clone()));
+    let outcome = evaluate(&setup, &reader, split, total, &progress_bar).await?;
+    let ctx = EvalContext {
+        index: args.index.display().to_string(),
+        split,
+        load_seconds,
+        seconds: t.elapsed().as_secs_f64(),
+        model: args.model.as_ref().map(|m| m.display().to_string()),
+    };
+    let reports = outcome.reports(&setup, &ctx);
+    for r in &reports {
+        if let ModeDetails::Model {
+            fell_back: Some(n), ..
+        } = r.details
+        {
+            eprintln!(
+                "{}: {n} of {total} answers fell back to a retrieved neighbour",
+                r.mode.as_str()
+            );
         }
-        let image = image::load_from_memory(&row.image_png)
-            .map(|i| to_rgb_on_white(&i))
-            .map_err(|e| format!("image does not decode: {e}"));
-        let embedded = image.as_ref().map_err(|e| e.clone()).and_then(|img| {
-            let t = Instant::now();
-            retriever
-                .encoder()
-                .encode(img)
-                .map(|v| (v, t.elapsed().as_secs_f64()))
-                .map_err(|e| e.to_string())
-        });
-        let key = code_key(&row.cadquery);
-        let mut counted = false;
-        for run in runs.iter_mut() {
-            let mut selection = None;
-            let answer = match (&embedded, &image, run.mode.pipeline()) {
-                (Err(e), _, _) => Err(e.clone()),
-                (Ok((v, embed)), _, Some(mode)) => {
-                    answer_vector(&retriever, generator.as_ref(), v, mode, 10, &opts)
-                        .map(|mut a| {
-                            a.embed_seconds = *embed;
-                            a
-                        })
-                        .map_err(|e| e.to_string())
-                }
-                (Ok((v, embed)), Ok(img), None) => {
-                    let sopts = select_opts(run.mode);
-                    select_answer(&retriever, generator.as_ref(), &pool, img, v, *embed, sopts)
-                        .await
-                        .map(|(a, s)| {
-                            selection = Some(s);
-                            a
-                        })
-                        .map_err(|e| format!("{e:#}"))
-                }
-                (Ok(_), Err(e), None) => Err(e.clone()),
-            };
-            let pred = match answer {
-                Ok(a) => {
-                    run.latencies.push(Some(a.seconds()));
-                    if !counted && in_index.contains(&key) {
-                        counted = true;
-                        with_match += 1;
-                        for (h, k) in hits.iter_mut().zip([1usize, 5, 10]) {
-                            if a.neighbours
-                                .iter()
-                                .take(k)
-                                .any(|n| code_key(&n.code) == key)
-                            {
-                                *h += 1;
-                            }
-                        }
-                    }
-                    let mut n = note(&a);
-                    if let Some(s) = &selection {
-                        n["selection"] = selection_note(s);
-                        if s.chosen.is_none() {
-                            n["error"] = format!(
-                                "no answer: no candidate and none of the {} retrieved snippets builds a solid",
-                                a.neighbours.len()
-                            )
-                            .into();
-                        }
-                    }
-                    run.notes.push(n);
-                    run.top
-                        .push(a.neighbours.first().map(|n| (n.id.clone(), n.code.clone())));
-                    let code = (!a.code.is_empty()).then(|| CodeText::Utf8(a.code.clone()));
-                    if args.fallback && matches!(run.mode, EvalMode::Generator | EvalMode::Rag) {
-                        run.pending.push(Some(a));
-                    }
-                    code
-                }
-                Err(e) => {
-                    tracing::warn!("{} (id {}): {e}", row.origin, row.deepcad_id);
-                    run.notes.push(serde_json::json!({ "error": e }));
-                    run.top.push(None);
-                    run.latencies.push(None);
-                    if args.fallback && matches!(run.mode, EvalMode::Generator | EvalMode::Rag) {
-                        run.pending.push(None);
-                    }
-                    None
-                }
-            };
-            run.selections.push(selection);
-            run.inputs.push(PairInput {
-                id: row.deepcad_id.clone(),
-                gt: CodeText::Utf8(row.cadquery.clone()),
-                pred,
-            });
-        }
-        bar.inc(1);
     }
-    bar.finish_and_clear();
-    // Scoring starts after every query is answered, so latencies are not measured against
-    // CadQuery workers scoring other queries.
-    for run in runs.iter_mut().filter(|r| !r.pending.is_empty()) {
-        check_in_sandbox(&pool, run).await?;
-    }
-    let bar = progress_bar((total * runs.len()) as u64);
-    bar.set_message("scoring");
-    let mut handles = Vec::new();
-    for run in &runs {
-        let mut hs = Vec::with_capacity(run.inputs.len());
-        for input in &run.inputs {
-            let pool = pool.clone();
-            let input = input.clone();
-            hs.push(tokio::spawn(async move {
-                score_pair(&pool, input, Protocols::ALL).await
-            }));
-        }
-        handles.push(hs);
-    }
-    let mut items = Vec::with_capacity(runs.len());
-    for hs in handles {
-        let mut got = Vec::with_capacity(hs.len());
-        for h in hs {
-            got.push(h.await?);
-            bar.inc(1);
-        }
-        items.push(got);
-    }
-    bar.finish_and_clear();
     if let Some(path) = &args.per_item {
-        write_per_item(path, &runs, &items)?;
-    }
-    let mut rank_checks = Vec::with_capacity(runs.len());
-    for run in &runs {
-        rank_checks.push(if args.rank_check && run.mode.pipeline().is_none() {
-            Some(rank_check(&pool, run).await?)
-        } else {
-            None
-        });
-    }
-    let seconds = t.elapsed().as_secs_f64();
-    let recall = |h: usize| (with_match > 0).then(|| h as f64 / with_match as f64);
-    let recall_note = recall_note(with_match);
-    let mut reports = Vec::new();
-    for ((run, its), check) in runs.iter_mut().zip(&items).zip(rank_checks) {
-        let summary = Summary::of(its, seconds);
-        let mut latencies: Vec<f64> = run.latencies.iter().flatten().copied().collect();
-        latencies.sort_by(f64::total_cmp);
-        let p50 = percentile(&latencies, 50.0).map(|s| s * 1e3);
-        let p95 = percentile(&latencies, 95.0).map(|s| s * 1e3);
-        let mut v = summary.to_json(Protocols::ALL);
-        v["breakdown"] = serde_json::to_value(Breakdown::of(its))?;
-        v["mode"] = run.mode.as_str().into();
-        v["index"] = args.index.display().to_string().into();
-        v["encoder"] = retriever.manifest().encoder.id.clone().into();
-        v["split"] = split.as_str().into();
-        v["index_vectors"] = retriever.store().len().into();
-        v["index_load_seconds"] = load_seconds.into();
-        v["latency_ms"] = serde_json::json!({"p50": p50, "p95": p95, "queries": latencies.len()});
-        v["query_failures"] = query_failures(&run.inputs, &run.notes);
-        if run.mode == EvalMode::Retrieval {
-            let scores: Vec<f64> = run
-                .notes
-                .iter()
-                .filter_map(|n| n["neighbour_score"].as_f64())
-                .collect();
-            let mean =
-                (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
-            v["top1_score_mean"] = serde_json::json!(mean);
-            v["recall"] = serde_json::json!({
-                "queries_with_exact_match": with_match,
-                "at_1": recall(hits[0]),
-                "at_5": recall(hits[1]),
-                "at_10": recall(hits[2]),
-                "note": recall_note,
-            });
-        } else if run.mode.pipeline().is_none() {
-            v["model"] = args.model.as_ref().map(|m| m.display().to_string()).into();
-            let done: Vec<&Selection> = run.selections.iter().flatten().collect();
-            v["selection"] = serde_json::to_value(SelectionStats::of(&done))?;
-            v["selection"]["options"] = serde_json::to_value(select_opts(run.mode))?;
-            if let Some(c) = check {
-                v["rank_check"] = serde_json::to_value(c)?;
-            }
-        } else {
-            v["model"] = args.model.as_ref().map(|m| m.display().to_string()).into();
-            v["decode"] = serde_json::to_value(opts)?;
-            let finished = run
-                .notes
-                .iter()
-                .filter(|n| n["finished"].as_bool() == Some(true))
-                .count();
-            v["finished"] = finished.into();
-            v["fallback"] = args.fallback.into();
-            if args.fallback {
-                let fell_back = run
-                    .notes
-                    .iter()
-                    .filter(|n| n["source"]["kind"] == "neighbour")
-                    .count();
-                v["fell_back"] = fell_back.into();
-            }
-        }
-        reports.push((summary, v));
+        write_per_item(path, &outcome.runs, &outcome.items)?;
     }
     if args.json {
         if reports.len() == 1 {
-            println!("{}", reports[0].1);
+            println!("{}", serde_json::to_value(&reports[0])?);
         } else {
-            let all: Vec<&serde_json::Value> = reports.iter().map(|r| &r.1).collect();
-            println!("{}", serde_json::json!({ "modes": all }));
+            println!("{}", serde_json::json!({ "modes": reports }));
         }
     } else {
-        print_eval(
-            &args,
-            &retriever,
-            split,
-            total,
-            load_seconds,
-            &reports,
-            with_match,
-            hits,
-        );
+        print_eval(&args, &retriever, &ctx, total, &reports);
     }
     if let Some(dir) = &args.answers {
-        write_answers(dir, &runs)?;
+        write_answers(dir, &outcome.runs)?;
         eprintln!("answers: {}/<mode>/<id>.py", dir.display());
     }
-    let modes = mode_results(&runs, &items, &reports);
+    let modes = mode_results(&outcome.runs, &outcome.items, &reports);
     if let Some(path) = &args.sheet {
         let mut title = vec![format!(
             "{} ({total} queries, split {split}; index {} rows)",
             args.corpus.display(),
             retriever.store().len()
         )];
-        title.extend(reports.iter().map(|(s, v)| {
+        title.extend(reports.iter().map(|r| {
             format!(
                 "{:<10} mean volume IoU {:.3}, shell IoU {:.3} (invalid as 0)",
-                v["mode"].as_str().unwrap_or(""),
-                s.volume_iou_mean_all.unwrap_or(0.0),
-                s.shell_iou_mean_all.unwrap_or(0.0)
+                r.mode.as_str(),
+                r.summary.volume_iou_mean_all.unwrap_or(0.0),
+                r.summary.shell_iou_mean_all.unwrap_or(0.0)
             )
         }));
-        let truths: Vec<String> = runs[0]
+        let truths: Vec<String> = outcome.runs[0]
             .inputs
             .iter()
             .map(|i| match &i.gt {
@@ -982,7 +617,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
             path,
             &pool,
             &title,
-            &queries,
+            &outcome.queries,
             &truths,
             &modes,
             args.sheet_rows,
@@ -992,7 +627,7 @@ pub async fn eval(args: EvalArgs) -> Result<ExitCode> {
         eprintln!("sheet: {}", path.display());
     }
     if args.report.is_some() {
-        let page = write_report(&args, &retriever, &pool, &queries, modes).await?;
+        let page = write_report(&args, &retriever, &pool, &outcome.queries, modes).await?;
         eprintln!("report: {}", page.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -1021,16 +656,16 @@ fn write_answers(dir: &Path, runs: &[ModeRun]) -> Result<()> {
 fn mode_results(
     runs: &[ModeRun],
     items: &[Vec<evaluator::ItemScore>],
-    reports: &[(Summary, serde_json::Value)],
+    reports: &[ModeReport],
 ) -> Vec<report::ModeResults> {
     runs.iter()
         .zip(items)
         .zip(reports)
-        .map(|((run, its), (summary, v))| report::ModeResults {
+        .map(|((run, its), r)| report::ModeResults {
             name: run.mode.as_str().to_string(),
-            summary: summary.clone(),
-            latency_p50_ms: v["latency_ms"]["p50"].as_f64(),
-            latency_p95_ms: v["latency_ms"]["p95"].as_f64(),
+            summary: r.summary.clone(),
+            latency_p50_ms: r.latency_ms.p50,
+            latency_p95_ms: r.latency_ms.p95,
             items: its.clone(),
             neighbours: run.top.clone(),
             predictions: run
@@ -1045,125 +680,103 @@ fn mode_results(
         .collect()
 }
 
-/// The queries a mode could not answer, with their reasons, counted by reason (the first
-/// line of each, so that the same fault on many queries is one row).
-fn query_failures(inputs: &[PairInput], notes: &[serde_json::Value]) -> serde_json::Value {
-    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
-    let mut queries = Vec::new();
-    for (input, n) in inputs.iter().zip(notes) {
-        let Some(e) = n["error"].as_str() else {
-            continue;
-        };
-        *by_reason
-            .entry(e.lines().next().unwrap_or("").to_string())
-            .or_default() += 1;
-        queries.push(serde_json::json!({ "id": input.id, "error": e }));
-    }
-    serde_json::json!({ "count": queries.len(), "by_reason": by_reason, "queries": queries })
-}
-
-/// What the recall figures are over.
-fn recall_note(with_match: usize) -> &'static str {
-    if with_match == 0 {
-        "n/a: no query has an exact-shape match (same normalised code) in the index"
-    } else {
-        "over queries whose normalised code also occurs in the index"
-    }
-}
-
 /// The human-readable `rag eval` output: a block per mode, then one comparison table.
-#[allow(clippy::too_many_arguments)]
 fn print_eval(
     args: &EvalArgs,
     retriever: &Retriever,
-    split: Split,
+    ctx: &EvalContext,
     total: usize,
-    load_seconds: f64,
-    reports: &[(Summary, serde_json::Value)],
-    with_match: usize,
-    hits: [usize; 3],
+    reports: &[ModeReport],
 ) {
-    let recall = |h: usize| (with_match > 0).then(|| h as f64 / with_match as f64);
-    let recall_note = recall_note(with_match);
     println!(
         "{} {} ({} queries), index {} ({} vectors, encoder {}, loaded in {:.3} s){}",
         args.corpus.display(),
-        split,
+        ctx.split,
         total,
         args.index.display(),
         retriever.store().len(),
         retriever.manifest().encoder.id,
-        load_seconds,
+        ctx.load_seconds,
         args.model
             .as_ref()
             .map(|m| format!(", model {}", m.display()))
             .unwrap_or_default()
     );
-    for (summary, v) in reports {
-        println!("\n== mode {} ==", v["mode"].as_str().unwrap_or(""));
-        print_table(summary, Protocols::ALL);
-        let failures = &v["query_failures"];
-        if failures["count"].as_u64().unwrap_or(0) > 0 {
+    for r in reports {
+        println!("\n== mode {} ==", r.mode.as_str());
+        print_table(&r.summary, Protocols::ALL);
+        let failures = &r.query_failures;
+        if failures.count > 0 {
             println!(
                 "failed queries {} (counted as invalid; ids and reasons in --per-item / --json)",
-                failures["count"]
+                failures.count
             );
-            for (reason, n) in failures["by_reason"].as_object().into_iter().flatten() {
+            for (reason, n) in &failures.by_reason {
                 println!("               {n} x {reason}");
             }
         }
         println!(
             "latency        p50 {} ms, p95 {} ms per query",
-            fmt_opt(v["latency_ms"]["p50"].as_f64()),
-            fmt_opt(v["latency_ms"]["p95"].as_f64())
+            fmt_opt(r.latency_ms.p50),
+            fmt_opt(r.latency_ms.p95)
         );
-        if v["mode"] == "retrieval" {
-            println!(
-                "top-1 score    {} (mean cosine)",
-                fmt_opt(v["top1_score_mean"].as_f64())
-            );
-            if with_match == 0 {
-                println!("recall@1/5/10  {recall_note}");
-            } else {
+        match &r.details {
+            ModeDetails::Retrieval {
+                top1_score_mean,
+                recall,
+            } => {
+                println!("top-1 score    {} (mean cosine)", fmt_opt(*top1_score_mean));
+                if recall.queries_with_exact_match == 0 {
+                    println!("recall@1/5/10  {}", recall.note);
+                } else {
+                    println!(
+                        "recall@1/5/10  {} / {} / {} ({} queries {})",
+                        fmt_opt(recall.at_1),
+                        fmt_opt(recall.at_5),
+                        fmt_opt(recall.at_10),
+                        recall.queries_with_exact_match,
+                        recall.note
+                    );
+                }
+            }
+            ModeDetails::Selection {
+                selection,
+                rank_check,
+                ..
+            } => {
+                let sel = &selection.stats;
                 println!(
-                    "recall@1/5/10  {} / {} / {} ({with_match} queries {recall_note})",
-                    fmt_opt(recall(hits[0])),
-                    fmt_opt(recall(hits[1])),
-                    fmt_opt(recall(hits[2]))
+                    "candidates     {} executed per query (mean); chosen: {} model, {} snippet, {} refined, {} fitted; {} fell back",
+                    fmt_opt(sel.executed_mean),
+                    sel.chosen_model,
+                    sel.chosen_neighbour,
+                    sel.chosen_refined,
+                    sel.chosen_fitted,
+                    sel.fell_back
+                );
+                if let Some(c) = rank_check {
+                    println!(
+                        "rank check     Spearman rho(render match, volume IoU) over candidates: {} mean per query ({} queries with >= 3 valid candidates), {} pooled",
+                        fmt_opt(c.rho_mean_per_query.score),
+                        c.queries,
+                        fmt_opt(c.rho_pooled.score)
+                    );
+                    println!(
+                        "               per cue (mean per query): encoder {}, mask {}, edges {}; chosen IoU {} vs candidates' mean {} vs best {}",
+                        fmt_opt(c.rho_mean_per_query.encoder),
+                        fmt_opt(c.rho_mean_per_query.mask),
+                        fmt_opt(c.rho_mean_per_query.edge),
+                        fmt_opt(c.iou_chosen),
+                        fmt_opt(c.iou_candidate_mean),
+                        fmt_opt(c.iou_oracle)
+                    );
+                }
+            }
+            ModeDetails::Model { finished, .. } => {
+                println!(
+                    "finished       {finished} of {total} (ended by the model, not the token budget)"
                 );
             }
-        } else if let Some(sel) = v.get("selection") {
-            println!(
-                "candidates     {} executed per query (mean); chosen: {} model, {} snippet, {} refined, {} fitted; {} fell back",
-                fmt_opt(sel["executed_mean"].as_f64()),
-                sel["chosen_model"],
-                sel["chosen_neighbour"],
-                sel["chosen_refined"],
-                sel["chosen_fitted"],
-                sel["fell_back"]
-            );
-            if let Some(c) = v.get("rank_check") {
-                println!(
-                    "rank check     Spearman rho(render match, volume IoU) over candidates: {} mean per query ({} queries with >= 3 valid candidates), {} pooled",
-                    fmt_opt(c["rho_mean_per_query"]["score"].as_f64()),
-                    c["queries"],
-                    fmt_opt(c["rho_pooled"]["score"].as_f64())
-                );
-                println!(
-                    "               per cue (mean per query): encoder {}, mask {}, edges {}; chosen IoU {} vs candidates' mean {} vs best {}",
-                    fmt_opt(c["rho_mean_per_query"]["encoder"].as_f64()),
-                    fmt_opt(c["rho_mean_per_query"]["mask"].as_f64()),
-                    fmt_opt(c["rho_mean_per_query"]["edge"].as_f64()),
-                    fmt_opt(c["iou_chosen"].as_f64()),
-                    fmt_opt(c["iou_candidate_mean"].as_f64()),
-                    fmt_opt(c["iou_oracle"].as_f64())
-                );
-            }
-        } else {
-            println!(
-                "finished       {} of {} (ended by the model, not the token budget)",
-                v["finished"], total
-            );
         }
     }
     if reports.len() > 1 {
@@ -1171,16 +784,17 @@ fn print_eval(
             "\n{:<10} {:>6} {:>12} {:>12} {:>12} {:>12} {:>10}",
             "mode", "VSR", "shell(valid)", "shell(all)", "vol(valid)", "vol(all)", "p50 ms"
         );
-        for (s, v) in reports {
+        for r in reports {
+            let s = &r.summary;
             println!(
                 "{:<10} {:>6.3} {:>12} {:>12} {:>12} {:>12} {:>10}",
-                v["mode"].as_str().unwrap_or(""),
+                r.mode.as_str(),
                 s.vsr,
                 fmt_opt(s.shell_iou_mean_valid),
                 fmt_opt(s.shell_iou_mean_all),
                 fmt_opt(s.volume_iou_mean_valid),
                 fmt_opt(s.volume_iou_mean_all),
-                fmt_opt(v["latency_ms"]["p50"].as_f64())
+                fmt_opt(r.latency_ms.p50)
             );
         }
     }
@@ -1188,86 +802,39 @@ fn print_eval(
 }
 
 /// The modes' volume / shell IoU (invalid as 0) side by side per ground-truth group.
-fn print_breakdown(reports: &[(Summary, serde_json::Value)]) {
+fn print_breakdown(reports: &[ModeReport]) {
     println!("\nby ground truth: volume / shell IoU, invalid as 0");
     let mut header = format!("  {:<14} {:>4}", "group", "n");
-    for (_, v) in reports {
-        header.push_str(&format!(" {:>15}", v["mode"].as_str().unwrap_or("")));
+    for r in reports {
+        header.push_str(&format!(" {:>15}", r.mode.as_str()));
     }
     println!("{header}");
-    for key in ["by_sketch_count", "by_bodies"] {
-        let Some(groups) = reports[0].1["breakdown"][key].as_array() else {
-            continue;
-        };
-        for (g, group) in groups.iter().enumerate() {
-            let mut line = format!(
-                "  {:<14} {:>4}",
-                group["group"].as_str().unwrap_or(""),
-                group["n"].as_u64().unwrap_or(0)
-            );
-            for (_, v) in reports {
-                let gs = &v["breakdown"][key][g];
-                let cell = format!(
-                    "{} / {}",
-                    fmt_opt(gs["volume_iou_mean_all"].as_f64()),
-                    fmt_opt(gs["shell_iou_mean_all"].as_f64())
-                );
+    let groups = |r: &ModeReport| -> [Vec<evaluator::GroupStats>; 2] {
+        [
+            r.breakdown.by_sketch_count.clone(),
+            r.breakdown.by_bodies.clone(),
+        ]
+    };
+    let Some(first) = reports.first() else {
+        return;
+    };
+    for (k, kind) in groups(first).iter().enumerate() {
+        for (g, group) in kind.iter().enumerate() {
+            let mut line = format!("  {:<14} {:>4}", group.group, group.n);
+            for r in reports {
+                let cell = match groups(r)[k].get(g) {
+                    Some(gs) => format!(
+                        "{} / {}",
+                        fmt_opt(gs.volume_iou_mean_all),
+                        fmt_opt(gs.shell_iou_mean_all)
+                    ),
+                    None => "- / -".to_string(),
+                };
                 line.push_str(&format!(" {cell:>15}"));
             }
             println!("{line}");
         }
     }
-}
-
-/// `--rank-check`: every valid candidate of every query scored against the ground truth
-/// (volume IoU), for [`RankCheck`].
-async fn rank_check(pool: &Arc<WorkerPool>, run: &ModeRun) -> Result<RankCheck> {
-    let mut jobs = Vec::new();
-    for (q, sel) in run.selections.iter().enumerate() {
-        let Some(sel) = sel else { continue };
-        for (c, cand) in sel.candidates.iter().enumerate() {
-            if let Some(fit) = cand.fit {
-                let input = PairInput {
-                    id: format!("{q}/{c}"),
-                    gt: run.inputs[q].gt.clone(),
-                    pred: Some(CodeText::Utf8(cand.code.clone())),
-                };
-                let pool = pool.clone();
-                jobs.push((
-                    q,
-                    c == sel.chosen.unwrap_or(usize::MAX),
-                    fit,
-                    tokio::spawn(async move {
-                        score_pair(
-                            &pool,
-                            input,
-                            Protocols {
-                                shell: false,
-                                volume: true,
-                            },
-                        )
-                        .await
-                    }),
-                ));
-            }
-        }
-    }
-    let bar = progress_bar(jobs.len() as u64);
-    bar.set_message(format!("{}: scoring every candidate", run.mode.as_str()));
-    let mut per_query: Vec<Vec<ScoredCandidate>> = vec![Vec::new(); run.selections.len()];
-    for (q, chosen, fit, h) in jobs {
-        let item = h.await?;
-        bar.inc(1);
-        if let (true, Some(volume_iou)) = (item.gt_ok, item.volume_iou) {
-            per_query[q].push(ScoredCandidate {
-                fit,
-                volume_iou,
-                chosen,
-            });
-        }
-    }
-    bar.finish_and_clear();
-    Ok(RankCheck::of(&per_query))
 }
 
 /// `--report`: the page for this evaluation (what was run, on what, and the results).
@@ -1320,48 +887,6 @@ async fn write_report(
     report::write_eval_report(dir, pool, provenance, queries, modes).await
 }
 
-/// `--fallback`: every pending answer of `run` is checked in the sandbox (in parallel); the
-/// first candidate that runs becomes the prediction, its origin goes into the per-item note,
-/// and the checking time into the query's latency.
-async fn check_in_sandbox(pool: &Arc<WorkerPool>, run: &mut ModeRun) -> Result<()> {
-    let bar = progress_bar(run.pending.len() as u64);
-    bar.set_message(format!(
-        "{}: running the answers in the sandbox",
-        run.mode.as_str()
-    ));
-    let mut handles = Vec::new();
-    for answer in std::mem::take(&mut run.pending) {
-        let pool = pool.clone();
-        handles.push(tokio::spawn(async move {
-            match answer {
-                Some(a) => Some(first_that_runs(&pool, &a).await),
-                None => None,
-            }
-        }));
-    }
-    let mut fell_back = 0;
-    for (i, h) in handles.into_iter().enumerate() {
-        bar.inc(1);
-        let Some(checked) = h.await? else { continue };
-        if let Some(l) = run.latencies[i].as_mut() {
-            *l += checked.seconds;
-        }
-        if checked.source != Some(CodeSource::Generated) {
-            fell_back += 1;
-        }
-        run.notes[i]["source"] = serde_json::to_value(&checked.source)?;
-        run.notes[i]["rejected"] = serde_json::to_value(&checked.rejected)?;
-        run.inputs[i].pred = (!checked.code.is_empty()).then_some(CodeText::Utf8(checked.code));
-    }
-    bar.finish_and_clear();
-    eprintln!(
-        "{}: {fell_back} of {} answers fell back to a retrieved neighbour",
-        run.mode.as_str(),
-        run.inputs.len()
-    );
-    Ok(())
-}
-
 fn write_per_item(
     path: &Path,
     runs: &[ModeRun],
@@ -1387,20 +912,6 @@ fn write_per_item(
     }
     f.flush()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalised_code_ignores_comments_and_whitespace_only() {
-        let a = "import cadquery as cq\n# sketch 0\nsolid = cq.Workplane().box(1, 2, 3)\n";
-        let b = "import cadquery as cq\nsolid=cq.Workplane().box(1,2,3)";
-        let c = "import cadquery as cq\nsolid=cq.Workplane().box(1,2,4)";
-        assert_eq!(code_key(a), code_key(b));
-        assert_ne!(code_key(a), code_key(c));
-    }
 }
 
 #[derive(Args)]
@@ -1445,6 +956,13 @@ pub async fn bench_select(args: BenchSelectArgs) -> Result<ExitCode> {
     let opts = args
         .select
         .options(&args.decode, args.refine, args.select.fit);
+    let selecting = Selecting {
+        name: "select",
+        retriever: &retriever,
+        generator: generator.as_ref(),
+        runner: pool.clone(),
+        opts: opts.clone(),
+    };
     let reader = CorpusReader::open(&args.corpus)?;
     let total = args.limit.min(reader.num_rows(split));
     if total == 0 {
@@ -1471,16 +989,12 @@ pub async fn bench_select(args: BenchSelectArgs) -> Result<ExitCode> {
                 continue;
             }
         };
-        let (_, sel) = select_answer(
-            &retriever,
-            generator.as_ref(),
-            &pool,
-            &image,
-            &vector,
-            0.0,
-            &opts,
-        )
-        .await?;
+        let query = Query {
+            image: &image,
+            vector: &vector,
+            embed_seconds: 0.0,
+        };
+        let (_, sel) = selecting.select(query).await?;
         per_image.push(t.elapsed().as_secs_f64());
         executed += sel.executed;
         check_seconds += sel.check_seconds;

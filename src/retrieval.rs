@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use generator::eval::percentile;
 use indexer::corpus::Split;
 use indexer::encoder::{encoder_from_spec, load_image, normalise_unit, parallel_map};
 use indexer::index::hnsw::{build_graph, dump_graph, HnswParams};
@@ -70,6 +71,10 @@ pub struct SearchArgs {
     /// Query encoder; default: the one the index was built with. A different one is refused.
     #[arg(long)]
     encoder: Option<String>,
+    /// Exact neighbours by brute force over the index's vectors instead of the HNSW graph
+    /// (a recall check; linear in the index size).
+    #[arg(long)]
+    exact: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -171,7 +176,10 @@ pub(crate) fn load_retriever(index: &Path, encoder: Option<&str>) -> Result<Retr
 }
 
 pub async fn search(args: SearchArgs) -> Result<ExitCode> {
-    let retriever = load_retriever(&args.index, args.encoder.as_deref())?;
+    let mut retriever = load_retriever(&args.index, args.encoder.as_deref())?;
+    if args.exact {
+        retriever = retriever.exact()?;
+    }
     let set = retriever.search_path(&args.image, args.k, &args.require)?;
     if let Some(dir) = &args.gallery {
         let page = search_gallery(&retriever, &args.image, &set, dir)?;
@@ -241,14 +249,6 @@ fn search_gallery(
         retriever.manifest().encoder.id
     );
     Ok(write_search_page(dir, &title, &query, &hits)?)
-}
-
-pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
-    Some(sorted[rank.min(sorted.len() - 1)])
 }
 
 /// Tiny deterministic PRNG (SplitMix64) for the synthetic benchmark vectors.
@@ -471,14 +471,6 @@ fn bench_index_in(args: &BenchIndexArgs, tmp: &Path) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_pick_ranks() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), Some(51.0));
-        assert_eq!(percentile(&v, 95.0), Some(95.0));
-        assert_eq!(percentile(&[], 50.0), None);
-    }
 
     #[test]
     fn synthetic_vectors_are_unit_and_near_their_bases() {

@@ -97,7 +97,7 @@ fn train_resume_generate_and_eval_with_a_tiny_generator() {
     // Surfaces match everywhere (within 2%: on a part of separate bodies the 4-digit rounding
     // moves one body against the other, which the surface voxels see); the exact-volume
     // protocol can flip the principal axes of a near-symmetric part under a 5e-4 change
-    // (DESIGN.md, traps), so medians are checked tight.
+    // (docs/gencad.md, traps), so medians are checked tight.
     let items = std::fs::read_to_string(tmp.path().join("compact-items.jsonl")).unwrap();
     let (mut volume, mut shell) = (Vec::new(), Vec::new());
     for line in items.lines() {

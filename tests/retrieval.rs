@@ -148,6 +148,23 @@ fn index_search_generate_and_eval_on_a_synthetic_corpus() {
     assert_eq!(ns[0]["code"], qcode.as_str());
     assert_eq!(v["encoder"], "pixel-32");
 
+    // Brute force over the same vectors ranks every row (k = all) best first, agrees with
+    // the graph on the top neighbours of this small index, and holds the same ids.
+    let all = train.len().to_string();
+    let exact = ok_json(&search(&index, &query, &["-k", &all, "--exact"]));
+    let ex = exact["neighbours"].as_array().unwrap();
+    assert_eq!(ex.len(), train.len());
+    let scores: Vec<f64> = ex.iter().map(|n| n["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let top = |set: &[serde_json::Value]| -> Vec<String> {
+        set.iter().take(3).map(|n| n["id"].to_string()).collect()
+    };
+    assert_eq!(top(ex), top(ns));
+    let mut ids: Vec<String> = ex.iter().map(|n| n["id"].to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), train.len(), "each row once");
+
     // The gallery page: the query and each neighbour's thumbnail load in a browser, and the
     // top neighbour's thumbnail is the query image shrunk.
     let gallery = tmp.path().join("gallery");

@@ -1,5 +1,5 @@
-//! CPU renderer reproducing the GenCAD-Code image style (DESIGN.md, "Render style of GenCAD
-//! images"), so that parts we generate or retrieve can be drawn exactly like the dataset's
+//! CPU renderer reproducing the GenCAD-Code image style (docs/gencad.md, "Render
+//! style"), so that parts we generate or retrieve can be drawn exactly like the dataset's
 //! query images.
 //!
 //! Orthographic view from (1,-1,1), framing from the part's bounding box, white background,
@@ -15,7 +15,7 @@
 //! draw seams, but where the original kernel put them (the circle's default gp_Ax2 x
 //! direction, e.g. -Z for a sketch normal of -Y), while CadQuery puts them on the sketch
 //! plane's x axis; drawing ours would put lines where the real images have none, so seams
-//! are skipped (DESIGN.md).
+//! are skipped (docs/gencad.md).
 
 use image::{Rgb, RgbImage};
 
@@ -38,11 +38,11 @@ pub const UP: [f64; 3] = [
     0.816_496_580_927_726,
 ];
 /// Projected width, in pixels of a 448-px image, that a wide part's bounding box fills:
-/// 8/9 of the image, keeping DESIGN.md's 4:3 width-to-height ratio (its fit gave 398).
+/// 8/9 of the image, keeping the first fit's 4:3 width-to-height ratio (its fit gave 398).
 /// Not checked on the reference images: all eight are framed by their height.
 pub const FIT_WIDTH: f64 = 448.0 * 8.0 / 9.0;
 /// Projected height, in pixels of a 448-px image, that a tall part's bounding box fills:
-/// 2/3 of the image. DESIGN.md's mask fit gave 298.5; matching edge pixels exactly on the
+/// 2/3 of the image. The first mask fit (docs/gencad.md) gave 298.5; matching edge pixels exactly on the
 /// reference images pins it to 298.65..298.68 (298.5 leaves one of them at IoU 0.988).
 pub const FIT_HEIGHT: f64 = 448.0 * 2.0 / 3.0;
 
@@ -101,7 +101,7 @@ pub enum RenderError {
 /// Colour of a face whose unit normal makes |n.v| = `nv` with the view direction.
 ///
 /// A headlight in linear light, sRGB-encoded: R = G = srgb(0.0612 + 0.355 |n.v|),
-/// B = srgb(0.0508 + 0.3544 |n.v|). This refines DESIGN.md's gamma-2.2 fit on the reference
+/// B = srgb(0.0508 + 0.3544 |n.v|). This refines the gamma-2.2 fit of docs/gencad.md on the reference
 /// images: it gives exactly the four flat-face colours they show, (141, 141, 138) for faces
 /// along the axes, (160, 160, 157), (157, 157, 155) and (110, 110, 106) for the sloped ones
 /// (gamma 2.2 gives B = 158 for the first), and more exact pixels on the reference cylinder

@@ -1,6 +1,6 @@
 //! How well a render of a candidate program matches the query image, for reranking.
 //!
-//! Both images are in GenCAD's render style (DESIGN.md): white background, flat grey shading
+//! Both images are in GenCAD's render style (docs/gencad.md): white background, flat grey shading
 //! and 1-px black B-rep edges. Two cues are compared:
 //! - the foreground mask (every pixel that is not near white), by intersection over union;
 //! - the edge map (the black lines), by an F1 score that forgives a misplacement of up to

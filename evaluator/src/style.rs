@@ -3,7 +3,7 @@
 //!
 //! Thresholds are grounded in the real images: the background is pure white, faces are
 //! grey (at least 71 in R and G, 64 in B even at grazing angles, by the headlight formula
-//! of DESIGN.md) and edges pure black (0, 0, 0), nothing in between (no anti-aliasing).
+//! of docs/gencad.md) and edges pure black (0, 0, 0), nothing in between (no anti-aliasing).
 
 use image::{Rgb, RgbImage};
 

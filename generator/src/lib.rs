@@ -4,8 +4,10 @@
 //! ([`train::train_generator`]) and decoding ([`decode`]) live here; the `rag` binary only
 //! wires them to the command line.
 
+pub mod answer;
 pub mod compact;
 pub mod decode;
+pub mod eval;
 pub mod fallback;
 pub mod fit;
 pub mod gpt2;
@@ -21,6 +23,7 @@ pub mod train;
 
 use std::path::PathBuf;
 
+pub use answer::{Answered, Answerer, Direct, Query, Selecting};
 pub use decode::{DecodeOptions, Generation, Strategy};
 pub use model::{CodeModel, Generator, GeneratorConfig};
 pub use pipeline::{answer_image, answer_vector, Answer, Mode};
@@ -65,6 +68,9 @@ pub enum GeneratorError {
     /// Invalid settings, too little data, or an index that does not fit the model.
     #[error("{0}")]
     Settings(String),
+    /// A background task of an evaluation panicked or was cancelled.
+    #[error("an evaluation task failed: {0}")]
+    Task(String),
     /// The output folder holds a run that cannot be resumed with these inputs.
     #[error("{0}")]
     Resume(String),

@@ -1,5 +1,5 @@
 //! Statistics of GenCAD-dialect code, printed next to the real test split's figures
-//! (DESIGN.md) so a corpus can be checked against the dataset it imitates.
+//! (docs/gencad.md) so a corpus can be checked against the dataset it imitates.
 
 use dialect::{Loop, Op, Seg};
 use serde::Serialize;
@@ -65,7 +65,7 @@ pub struct StatRow {
     pub within_5_points: bool,
 }
 
-/// The real test split's figures from DESIGN.md: percent of parts with 1/2/3/4+ sketches, and
+/// The real test split's figures (docs/gencad.md): percent of parts with 1/2/3/4+ sketches, and
 /// occurrences per 100 parts.
 pub const REAL: [(&str, f64); 11] = [
     ("% parts with 1 sketch", 57.0),

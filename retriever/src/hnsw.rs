@@ -108,11 +108,6 @@ impl HnswIndex {
         self.ef_search = ef.max(1);
     }
 
-    /// The stored vector of a data id.
-    pub fn vector(&self, id: usize) -> Option<&[f32]> {
-        self.points.get(id).map(|p| p.get_v())
-    }
-
     fn exact_over(&self, query: &[f32], k: usize, ids: &[usize]) -> Vec<(usize, f32)> {
         let scored = ids
             .iter()
@@ -124,6 +119,10 @@ impl HnswIndex {
 impl VectorIndex for HnswIndex {
     fn len(&self) -> usize {
         self.points.len()
+    }
+
+    fn vector(&self, id: usize) -> Option<&[f32]> {
+        self.points.get(id).map(|p| p.get_v())
     }
 
     fn dims(&self) -> usize {
@@ -179,6 +178,13 @@ impl ExactIndex {
 impl VectorIndex for ExactIndex {
     fn len(&self) -> usize {
         self.data.len().checked_div(self.dims).unwrap_or(0)
+    }
+
+    fn vector(&self, id: usize) -> Option<&[f32]> {
+        if id >= self.len() {
+            return None;
+        }
+        self.data.get(id * self.dims..(id + 1) * self.dims)
     }
 
     fn dims(&self) -> usize {

@@ -30,6 +30,18 @@ pub enum RetrieverError {
     /// The query image could not be read or embedded.
     #[error(transparent)]
     Encoder(#[from] EncoderError),
+    /// A replacement vector index that does not line up with the store.
+    #[error("a vector index of {vectors} vectors x {dims} dims cannot replace one of {expected_vectors} x {expected_dims}")]
+    IndexShape {
+        /// Vectors in the replacement.
+        vectors: usize,
+        /// Its dims.
+        dims: usize,
+        /// Entries in the store.
+        expected_vectors: usize,
+        /// The manifest's dims.
+        expected_dims: usize,
+    },
     /// A query vector of the wrong length (another encoder's vector).
     #[error("query vector has {found} dimensions, the index has {expected}")]
     Dims {
@@ -56,6 +68,9 @@ pub trait VectorIndex: Send + Sync {
     /// The `k` best (data id, cosine) pairs, best first; with `allowed` (sorted data ids),
     /// only those ids are returned.
     fn search(&self, query: &[f32], k: usize, allowed: Option<&[usize]>) -> Vec<(usize, f32)>;
+
+    /// The stored vector of a data id, `None` past the end.
+    fn vector(&self, id: usize) -> Option<&[f32]>;
 }
 
 /// One neighbour of a query: where it is in the corpus, how close, and its code.
@@ -85,12 +100,13 @@ pub struct NeighbourSet {
     pub search_seconds: f64,
 }
 
-/// A loaded index: manifest, encoder, HNSW graph, id -> code store and keyword index.
+/// A loaded index: manifest, encoder, vector index (the HNSW graph unless replaced), id -> code
+/// store and keyword index.
 pub struct Retriever {
     dir: PathBuf,
     manifest: Manifest,
     encoder: Box<dyn ImageEncoder>,
-    index: HnswIndex,
+    index: Box<dyn VectorIndex>,
     store: Vec<StoreEntry>,
     keywords: KeywordIndex,
 }
@@ -139,7 +155,7 @@ impl Retriever {
             }
             .into());
         }
-        let index = HnswIndex::load(dir, &manifest)?;
+        let index: Box<dyn VectorIndex> = Box::new(HnswIndex::load(dir, &manifest)?);
         let keywords = KeywordIndex::open(&dir.join(TANTIVY_DIR), store.len())?;
         Ok(Retriever {
             dir: dir.to_path_buf(),
@@ -167,8 +183,33 @@ impl Retriever {
     }
 
     /// The vector index.
-    pub fn index(&self) -> &HnswIndex {
-        &self.index
+    pub fn index(&self) -> &dyn VectorIndex {
+        self.index.as_ref()
+    }
+
+    /// Searches with `index` from now on instead of the loaded graph; it must hold as many
+    /// vectors as the store, of the manifest's dims, in data-id order.
+    pub fn with_index(mut self, index: Box<dyn VectorIndex>) -> Result<Self, RetrieverError> {
+        if index.len() != self.store.len() || index.dims() != self.manifest.dims {
+            return Err(RetrieverError::IndexShape {
+                vectors: index.len(),
+                dims: index.dims(),
+                expected_vectors: self.store.len(),
+                expected_dims: self.manifest.dims,
+            });
+        }
+        self.index = index;
+        Ok(self)
+    }
+
+    /// Replaces the graph by brute-force search over the same vectors: exact neighbours, for
+    /// recall checks, at a cost linear in the index size.
+    pub fn exact(self) -> Result<Self, RetrieverError> {
+        let vectors: Vec<Vec<f32>> = (0..self.index.len())
+            .filter_map(|i| self.index.vector(i).map(<[f32]>::to_vec))
+            .collect();
+        let exact = ExactIndex::new(&vectors);
+        self.with_index(Box::new(exact))
     }
 
     /// The id -> code store, in data-id order.

@@ -1,4 +1,4 @@
-//! The GenCAD CadQuery dialect as a typed program (DESIGN.md, "The GenCAD dialect"): parse a
+//! The GenCAD CadQuery dialect as a typed program (docs/gencad.md, "The dialect"): parse a
 //! program into planes, loops of lines / three-point arcs / circles, extrudes and union / cut
 //! steps; print it back byte for byte as the dataset writes it (Python float repr); and reach
 //! its numbers as typed parameters.

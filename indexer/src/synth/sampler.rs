@@ -2,7 +2,7 @@
 //! exact GenCAD-Code dialect. Sketch coordinates are integers k on DeepCAD's 256-level grid
 //! written as `k * (s / 95)` for a sketch scale s on the 1/128 grid; plane origins and extrude
 //! distances are multiples of 1/128. The shape mix and its frequencies are tuned so that
-//! `rag dataset info` matches the real test split's statistics (DESIGN.md).
+//! `rag dataset info` matches the real test split's statistics (docs/gencad.md).
 
 use std::f64::consts::{FRAC_PI_2, FRAC_PI_4, PI};
 use std::fmt::Write as _;
@@ -786,7 +786,7 @@ const FEATURE_OUTLINES: [(Outline, f64); 9] = [
     (Outline::Steps, 2.0),
 ];
 
-/// Sketch count weights for 1..=8 sketches (DESIGN.md: 57 / 19 / 12 / 12 over four to eight);
+/// Sketch count weights for 1..=8 sketches (docs/gencad.md: 57 / 19 / 12 / 12 over four to eight);
 /// one sketch is drawn a little more often because the near-duplicate filter mostly drops
 /// one-sketch parts (the synth pipeline's share quota holds the accepted rows to the real
 /// shares).
