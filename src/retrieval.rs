@@ -14,6 +14,7 @@ use indexer::index::hnsw::{build_graph, dump_graph, HnswParams};
 use indexer::index::thumbs::thumbnail;
 use indexer::index::{build_index, BuildOptions, IndexError};
 use retriever::{resident_bytes, ExactIndex, HnswIndex, NeighbourSet, Retriever, VectorIndex};
+use seeded::Rng;
 
 use crate::progress_bar;
 
@@ -251,45 +252,17 @@ fn search_gallery(
     Ok(write_search_page(dir, &title, &query, &hits)?)
 }
 
-/// Tiny deterministic PRNG (SplitMix64) for the synthetic benchmark vectors.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f32 {
-        let u1 = self.unit().max(1e-7);
-        let u2 = self.unit();
-        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
-
 fn normalise(v: &mut [f32]) {
     normalise_unit(v);
 }
 
 /// Real vectors projected to `dims` by a fixed random Gaussian matrix (identity when equal).
-fn project(real: &[Vec<f32>], dims: usize, rng: &mut SplitMix) -> Vec<Vec<f32>> {
+fn project(real: &[Vec<f32>], dims: usize, rng: &mut Rng) -> Vec<Vec<f32>> {
     let d0 = real.first().map_or(0, |v| v.len());
     if dims == d0 {
         return real.to_vec();
     }
-    let m: Vec<f32> = (0..dims * d0).map(|_| rng.normal()).collect();
+    let m: Vec<f32> = (0..dims * d0).map(|_| rng.normal() as f32).collect();
     real.iter()
         .map(|v| {
             let mut out: Vec<f32> = (0..dims)
@@ -310,16 +283,16 @@ fn project(real: &[Vec<f32>], dims: usize, rng: &mut SplitMix) -> Vec<Vec<f32>> 
 /// Synthetic vectors following the real ones: a random real vector moved part of the way
 /// (0-50%) towards another random real vector, plus isotropic noise at ~0.2 of its norm,
 /// renormalised; fills the space between real embeddings without duplicating them.
-fn synthesise(base: &[Vec<f32>], n: usize, rng: &mut SplitMix) -> Vec<Vec<f32>> {
+fn synthesise(base: &[Vec<f32>], n: usize, rng: &mut Rng) -> Vec<Vec<f32>> {
     let dims = base[0].len();
     let sigma = 0.2 / (dims as f32).sqrt();
     (0..n)
         .map(|_| {
             let a = &base[rng.below(base.len())];
             let b = &base[rng.below(base.len())];
-            let t = 0.5 * rng.unit();
+            let t = 0.5 * rng.unit() as f32;
             let mut v: Vec<f32> = a.iter().zip(b).map(|(x, y)| x + t * (y - x)).collect();
-            v.iter_mut().for_each(|x| *x += sigma * rng.normal());
+            v.iter_mut().for_each(|x| *x += sigma * rng.normal() as f32);
             normalise(&mut v);
             v
         })
@@ -401,7 +374,7 @@ fn bench_index_in(args: &BenchIndexArgs, tmp: &Path) -> Result<ExitCode> {
     drop(retriever);
 
     // 2. Synthetic vectors from the real ones' distribution: recall vs exact, latency.
-    let mut rng = SplitMix(0x5eed);
+    let mut rng = Rng::from_state(0x5eed);
     for &d in &args.dims {
         let dims = if d == 0 { encoder.dims() } else { d };
         let base = project(&real, dims, &mut rng);
@@ -474,7 +447,7 @@ mod tests {
 
     #[test]
     fn synthetic_vectors_are_unit_and_near_their_bases() {
-        let mut rng = SplitMix(1);
+        let mut rng = Rng::from_state(1);
         let mut base = vec![vec![0f32; 16]; 4];
         for (i, b) in base.iter_mut().enumerate() {
             b[i] = 1.0;

@@ -60,12 +60,7 @@ pub struct PythonEnv {
 
 fn lock_hash() -> String {
     // FNV-1a: stable across Rust versions, unlike DefaultHasher.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in LOCK_FILE.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", seeded::fnv1a64(LOCK_FILE.as_bytes()))
 }
 
 impl PythonEnv {

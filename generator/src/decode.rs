@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use candle_core::Tensor;
-use indexer::synth::rng::Rng;
+use seeded::Rng;
 use serde::Serialize;
 
 use crate::compact::{compact, inflate};

@@ -11,9 +11,10 @@ use std::time::Instant;
 use evaluator::score::score_pair;
 use evaluator::{Breakdown, CodeText, ItemScore, PairInput, Protocols, Summary, WorkerPool};
 use indexer::corpus::{CorpusReader, Split};
-use indexer::encoder::{to_rgb_on_white, Fnv1a64};
+use indexer::encoder::to_rgb_on_white;
 use indicatif::ProgressBar;
 use retriever::Retriever;
+use seeded::Fnv1a64;
 use serde::Serialize;
 
 use crate::answer::{Answered, Answerer, Direct, Query, Selecting};

@@ -374,7 +374,7 @@ pub fn init_weights(varmap: &candle_nn::VarMap, seed: u64, n_layer: usize) -> Re
     let data = varmap.data().lock().expect("varmap lock");
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
-    let mut rng = indexer::synth::rng::Rng::new(seed, 0x6E6E_0002);
+    let mut rng = seeded::Rng::new(seed, 0x6E6E_0002);
     for name in names {
         let var = &data[name];
         let shape = var.shape().clone();

@@ -793,20 +793,6 @@ solid=solid.union(solid1)
 
     const PROGRAMS: [&str; 4] = [REF_CUT, REF_BOTH, CIRCLES, UNION];
 
-    /// Tiny deterministic RNG (xorshift64*), to stay std-only.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     fn rejects_at(program: &str) -> usize {
         match parses(program) {
             Ok(()) => panic!("accepted:\n{program}"),
@@ -926,7 +912,7 @@ solid=solid.union(solid1)
 
     #[test]
     fn byte_by_byte_and_random_chunks_agree() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = seeded::Rng::new(0x9E37_79B9, 0);
         let mut cases: Vec<String> = PROGRAMS.iter().map(|p| p.to_string()).collect();
         cases.push(edit(CIRCLES, "loop1=", "loop2="));
         cases.push(edit(REF_CUT, ".close()\nloop1", ".close()\nloop1 "));
@@ -1331,7 +1317,7 @@ solid=solid.union(solid1)
         tokens.push(Vec::new());
         let end_id = tokens.len() as u32 - 1;
         let mask = TokenMask::new(tokens.clone(), end_id);
-        let mut rng = Rng(seed);
+        let mut rng = seeded::Rng::from_state(seed);
         let mut allowed = vec![false; mask.len()];
         let mut out = Vec::new();
         while out.len() < count {
@@ -1399,7 +1385,7 @@ solid=solid.union(solid1)
             a.dedup();
             a
         };
-        let mut rng = Rng(42);
+        let mut rng = seeded::Rng::from_state(42);
         let mut tokens: Vec<Vec<u8>> = (0..4000)
             .map(|_| {
                 let len = 1 + rng.below(8);

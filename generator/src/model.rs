@@ -431,7 +431,7 @@ pub fn init_model_weights(varmap: &VarMap, seed: u64, lm: &LmConfig) -> CResult<
             let mut names: Vec<&String> =
                 data.keys().filter(|n| n.starts_with("prefix.")).collect();
             names.sort();
-            let mut rng = indexer::synth::rng::Rng::new(seed, 0x7E_F1C5);
+            let mut rng = seeded::Rng::new(seed, 0x7E_F1C5);
             for name in names {
                 let var = &data[name];
                 let shape = var.shape().clone();

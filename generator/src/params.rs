@@ -1463,15 +1463,10 @@ solid=solid.union(solid2)\n";
 
     #[test]
     fn scale_recovery_on_random_grid_sketches() {
-        // Deterministic LCG; sketches of 3..10 points with k in [0, 95] (95 present, as
-        // DeepCAD normalises a profile's larger side to 95 units), one circle, s random.
-        let mut state = 0x9e3779b97f4a7c15u64;
-        let mut next = |n: u64| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) % n
-        };
+        // Sketches of 3..10 points with k in [0, 95] (95 present, as DeepCAD normalises a
+        // profile's larger side to 95 units), one circle, s random.
+        let mut rng = seeded::Rng::new(0x9e37_79b9, 1);
+        let mut next = |n: u64| rng.below(n as usize) as u64;
         let (mut exact, mut compact_ok, trials) = (0, 0, 400);
         for _ in 0..trials {
             let m = 4 + next(253) as u32;

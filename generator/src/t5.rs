@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
+use seeded::{fnv1a64, Rng};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::gpt2::KvCache;
@@ -741,36 +742,11 @@ impl T5 {
     }
 }
 
-/// SplitMix64 with Box-Muller normals: a small seeded generator (candle's CPU RNG cannot be
+/// A standard normal by Box-Muller over two open uniforms (candle's CPU RNG cannot be
 /// seeded).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1).
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
-
-/// FNV-1a of a variable name: each variable draws from its own stream, so the values do not
-/// depend on which other variables share the map.
-fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
-    })
+fn open_normal(rng: &mut Rng) -> f64 {
+    let (u1, u2) = (rng.open_unit(), rng.open_unit());
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// Seeded initial weights with T5's scheme for every variable with a T5 name (others are left
@@ -810,8 +786,12 @@ pub fn init_weights(varmap: &candle_nn::VarMap, seed: u64, cfg: &T5Config) -> Re
         let values: Vec<f32> = if std == 0.0 {
             vec![1.0; n]
         } else {
-            let mut rng = SplitMix64(seed ^ name_hash(name));
-            (0..n).map(|_| (rng.normal() * std) as f32).collect()
+            // Each variable draws from its own stream (FNV-1a of its name), so the values do
+            // not depend on which other variables share the map.
+            let mut rng = Rng::from_state(seed ^ fnv1a64(name.as_bytes()));
+            (0..n)
+                .map(|_| (open_normal(&mut rng) * std) as f32)
+                .collect()
         };
         let t = Tensor::from_vec(values, shape, var.device())?.to_dtype(var.dtype())?;
         var.set(&t)?;

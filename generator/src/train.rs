@@ -19,9 +19,10 @@ use indexer::clip::checkpoint::{
 use indexer::clip::optim::{learning_rate, AdamW};
 use indexer::clip::train::epoch_order;
 use indexer::corpus::{CorpusReader, Split};
-use indexer::encoder::{to_rgb_on_white, Fnv1a64};
-use indexer::synth::rng::Rng;
+use indexer::encoder::to_rgb_on_white;
 use retriever::Retriever;
+use seeded::Fnv1a64;
+use seeded::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::compact::compact;

@@ -12,7 +12,7 @@ use super::config::{ClipConfig, PreprocessConfig};
 use super::model::Clip;
 use super::optim::AdamW;
 use super::ClipError;
-use crate::encoder::fnv1a64;
+use seeded::fnv1a64;
 
 /// Model shape file (HF `CLIPConfig`).
 pub const CONFIG_FILE: &str = "config.json";

@@ -20,12 +20,11 @@ use super::tokenizer::CodeTokenizer;
 use super::ClipError;
 use crate::corpus::{CorpusReader, Split};
 use crate::encoder::{
-    ink_thumbnail, parallel_map, to_rgb_on_white, Fnv1a64, ImageEncoder, PixelEncoder,
-    PIXEL_DEFAULT_SIDE,
+    ink_thumbnail, parallel_map, to_rgb_on_white, ImageEncoder, PixelEncoder, PIXEL_DEFAULT_SIDE,
 };
 use crate::shapes::ShapeSet;
-use crate::synth::rng::Rng;
 use evaluator::ShapeSignature;
+use seeded::{Fnv1a64, Rng};
 
 /// Version of the training state file; another version is refused on resume.
 pub const TRAINING_FORMAT: u32 = 1;

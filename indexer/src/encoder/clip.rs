@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::{normalise_unit, parallel_map, EncoderError, EncoderIdentity, Fnv1a64, ImageEncoder};
+use super::{normalise_unit, parallel_map, EncoderError, EncoderIdentity, ImageEncoder};
 use crate::clip::preprocess::pixel_values;
 use crate::clip::{CheckpointFiles, Clip, ClipError};
+use seeded::Fnv1a64;
 
 /// Images per forward pass inside [`ImageEncoder::encode_batch`].
 const FORWARD_BATCH: usize = 64;

@@ -2,7 +2,8 @@
 //! vector scaled by 1/sqrt(parts), so the cosine of two combined vectors is the mean of the
 //! parts' cosines: a learned encoder and the pixel baseline vote together.
 
-use super::{EncoderError, EncoderIdentity, Fnv1a64, ImageEncoder};
+use super::{EncoderError, EncoderIdentity, ImageEncoder};
+use seeded::Fnv1a64;
 
 /// Encoders whose vectors are concatenated with equal weight.
 pub struct CombinedEncoder {

@@ -13,6 +13,8 @@ mod pixel;
 
 use std::path::{Path, PathBuf};
 
+use seeded::Fnv1a64;
+
 pub use clip::ClipEncoder;
 pub use combined::CombinedEncoder;
 pub use gradient::{GradientEncoder, EDGES_DEFAULT_SIDE, HOG_DEFAULT_SIDE};
@@ -255,59 +257,9 @@ pub fn normalise_unit(v: &mut [f32]) -> bool {
     true
 }
 
-/// FNV-1a 64 over bytes: a tiny, dependency-free content hash for manifests.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h = Fnv1a64::new();
-    h.update(bytes);
-    h.finish()
-}
-
-/// Streaming FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
-#[derive(Debug, Clone, Copy)]
-pub struct Fnv1a64(u64);
-
-impl Default for Fnv1a64 {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Fnv1a64 {
-    /// A fresh hasher at the FNV offset basis.
-    pub fn new() -> Self {
-        Fnv1a64(0xcbf2_9ce4_8422_2325)
-    }
-
-    /// Feeds bytes.
-    pub fn update(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    /// Feeds a length-prefixed string, so ("ab","c") and ("a","bc") hash differently.
-    pub fn update_str(&mut self, s: &str) {
-        self.update(&(s.len() as u64).to_le_bytes());
-        self.update(s.as_bytes());
-    }
-
-    /// The hash so far.
-    pub fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv_matches_the_published_vectors() {
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
-    }
 
     #[test]
     fn specs_parse_and_folders_without_a_checkpoint_are_refused_clearly() {

@@ -21,7 +21,8 @@ use super::store::{read_store, write_store, StoreEntry};
 use super::thumbs::{read_thumbs, thumbnail, write_thumbs, THUMBS_FILE};
 use super::IndexError;
 use crate::corpus::{CorpusReader, CorpusRow, Split};
-use crate::encoder::{parallel_map, to_rgb_on_white, Fnv1a64, ImageEncoder};
+use crate::encoder::{parallel_map, to_rgb_on_white, ImageEncoder};
+use seeded::Fnv1a64;
 
 /// Skip reasons kept in a [`BuildReport`]; the rest are only counted.
 pub const MAX_SKIP_MESSAGES: usize = 20;

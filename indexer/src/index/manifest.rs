@@ -188,13 +188,10 @@ pub fn file_check(path: &Path) -> Result<FileCheck, IndexError> {
 /// zero-padded), ~8x faster than byte-wise FNV so verifying a large dump stays cheap at load.
 pub fn checksum_file(path: &Path) -> Result<u64, IndexError> {
     let mut file = std::fs::File::open(path).map_err(|e| IndexError::io(path, e))?;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = seeded::Fnv1a64::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut carry: Vec<u8> = Vec::with_capacity(8);
-    let mut mix = |word: u64| {
-        h ^= word;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
+    let mut mix = |word: u64| h.update_word(word);
     loop {
         let n = file.read(&mut buf).map_err(|e| IndexError::io(path, e))?;
         if n == 0 {
@@ -220,7 +217,7 @@ pub fn checksum_file(path: &Path) -> Result<u64, IndexError> {
         carry.resize(8, 0);
         mix(u64::from_le_bytes(carry[..].try_into().expect("8 bytes")));
     }
-    Ok(h)
+    Ok(h.finish())
 }
 
 /// When `DIR` is missing but a `DIR.old-<pid>` exists, a rebuild died between its two

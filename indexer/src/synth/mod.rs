@@ -3,7 +3,6 @@
 
 pub mod pipeline;
 pub mod plane;
-pub mod rng;
 pub mod sampler;
 
 pub use pipeline::{

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use evaluator::pyfloat::repr;
 
 use super::plane::{dot, Orientation, SketchPlane, Vec3};
-use super::rng::Rng;
+use seeded::Rng;
 
 /// A point in sketch grid units.
 type P = (f64, f64);
