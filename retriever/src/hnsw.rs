@@ -1,13 +1,11 @@
 //! [`VectorIndex`] implementations: the hnsw_rs graph reloaded from an index folder, and an
 //! exact brute-force index (the reference for recall measurements and small filtered sets).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
-use hnsw_rs::prelude::{DistDot, HnswIo, Point};
-use indexer::index::hnsw::{dump_files, Graph};
-use indexer::index::manifest::HNSW_BASENAME;
+use hnsw_rs::prelude::Point;
+use indexer::index::hnsw::{load_graph, Graph, LoadedGraph};
 use indexer::index::{IndexError, Manifest};
 
 use crate::VectorIndex;
@@ -36,60 +34,15 @@ impl HnswIndex {
         )
     }
 
-    /// Reloads `DIR/hnsw.hnsw.{graph,data}` and checks it holds `n` vectors of `dims` with
-    /// data ids 0..n. The reloader is leaked on purpose: the graph borrows it for its whole
-    /// life and an index is loaded once per process (the leak is a few hundred bytes).
+    /// Reloads `DIR/hnsw.hnsw.{graph,data}` ([`load_graph`]) and checks it holds `n`
+    /// vectors of `dims` with data ids 0..n.
     pub fn load_dump(
         dir: &Path,
         n: usize,
         dims: usize,
         ef_search: usize,
     ) -> Result<Self, IndexError> {
-        for f in dump_files() {
-            if !dir.join(&f).is_file() {
-                return Err(IndexError::MissingFile { path: dir.join(f) });
-            }
-        }
-        let corrupt = |message: String| IndexError::Corrupt {
-            path: dir.join(format!("{HNSW_BASENAME}.hnsw.graph")),
-            message,
-        };
-        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, HNSW_BASENAME)));
-        let loaded = catch_unwind(AssertUnwindSafe(move || {
-            let io = io;
-            io.load_hnsw::<f32, DistDot>()
-        }))
-        .map_err(|_| corrupt("hnsw_rs panicked while reloading the dump".into()))?;
-        let mut graph: Graph = loaded.map_err(|e| IndexError::Hnsw {
-            path: dir.to_path_buf(),
-            message: format!("reload failed: {e}"),
-        })?;
-        graph.set_searching_mode(true);
-        if graph.get_nb_point() != n {
-            return Err(corrupt(format!(
-                "{} vectors, expected {n}",
-                graph.get_nb_point()
-            )));
-        }
-        let mut slots: Vec<Option<Arc<Point<'static, f32>>>> = vec![None; n];
-        for p in graph.get_point_indexation() {
-            let id = p.get_origin_id();
-            if p.get_v().len() != dims {
-                return Err(corrupt(format!(
-                    "vector {id} has {} dimensions, expected {dims}",
-                    p.get_v().len()
-                )));
-            }
-            match slots.get_mut(id) {
-                Some(s) => *s = Some(p),
-                None => return Err(corrupt(format!("data id {id} out of range 0..{n}"))),
-            }
-        }
-        let points = slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| p.ok_or_else(|| corrupt(format!("data id {i} is absent"))))
-            .collect::<Result<Vec<_>, _>>()?;
+        let LoadedGraph { graph, points } = load_graph(dir, n, dims)?;
         Ok(HnswIndex {
             graph,
             points,

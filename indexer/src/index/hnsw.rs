@@ -1,9 +1,12 @@
 //! The vector side of an index: an hnsw_rs graph over unit vectors with the dot-product
-//! distance (1 - cosine), built in parallel and dumped into the index folder.
+//! distance (1 - cosine), built in parallel, dumped into the index folder and reloaded from it
+//! (this module owns the dump's format both ways).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::Arc;
 
-use hnsw_rs::prelude::{AnnT, DistDot, Hnsw};
+use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo, Point};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::HNSW_BASENAME;
@@ -81,6 +84,67 @@ pub fn dump_files() -> [String; 2] {
         format!("{HNSW_BASENAME}.hnsw.graph"),
         format!("{HNSW_BASENAME}.hnsw.data"),
     ]
+}
+
+/// A reloaded dump: the graph and its points by data id.
+pub struct LoadedGraph {
+    /// The graph, in searching mode.
+    pub graph: Graph,
+    /// Point n has data id n.
+    pub points: Vec<Arc<Point<'static, f32>>>,
+}
+
+/// Reloads `DIR/hnsw.hnsw.{graph,data}` and checks it holds `n` vectors of `dims` with data
+/// ids 0..n. Verify the files' checksums first: hnsw_rs can abort on a damaged dump. The
+/// reloader is leaked on purpose: the graph borrows it for its whole life and an index is
+/// loaded once per process (the leak is a few hundred bytes).
+pub fn load_graph(dir: &Path, n: usize, dims: usize) -> Result<LoadedGraph, IndexError> {
+    for f in dump_files() {
+        if !dir.join(&f).is_file() {
+            return Err(IndexError::MissingFile { path: dir.join(f) });
+        }
+    }
+    let corrupt = |message: String| IndexError::Corrupt {
+        path: dir.join(format!("{HNSW_BASENAME}.hnsw.graph")),
+        message,
+    };
+    let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, HNSW_BASENAME)));
+    let loaded = catch_unwind(AssertUnwindSafe(move || {
+        let io = io;
+        io.load_hnsw::<f32, DistDot>()
+    }))
+    .map_err(|_| corrupt("hnsw_rs panicked while reloading the dump".into()))?;
+    let mut graph: Graph = loaded.map_err(|e| IndexError::Hnsw {
+        path: dir.to_path_buf(),
+        message: format!("reload failed: {e}"),
+    })?;
+    graph.set_searching_mode(true);
+    if graph.get_nb_point() != n {
+        return Err(corrupt(format!(
+            "{} vectors, expected {n}",
+            graph.get_nb_point()
+        )));
+    }
+    let mut slots: Vec<Option<Arc<Point<'static, f32>>>> = vec![None; n];
+    for p in graph.get_point_indexation() {
+        let id = p.get_origin_id();
+        if p.get_v().len() != dims {
+            return Err(corrupt(format!(
+                "vector {id} has {} dimensions, expected {dims}",
+                p.get_v().len()
+            )));
+        }
+        match slots.get_mut(id) {
+            Some(s) => *s = Some(p),
+            None => return Err(corrupt(format!("data id {id} out of range 0..{n}"))),
+        }
+    }
+    let points = slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| p.ok_or_else(|| corrupt(format!("data id {i} is absent"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(LoadedGraph { graph, points })
 }
 
 #[cfg(test)]
