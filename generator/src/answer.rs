@@ -160,3 +160,121 @@ impl Answerer for Selecting<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::tests::FakeRunner;
+    use crate::select::RENDER_SIZE;
+    use indexer::corpus::Split;
+    use indexer::encoder::{ImageEncoder, PixelEncoder};
+    use indexer::index::{build_index, BuildOptions};
+
+    /// A png + jsonl corpus whose programs are the fake runner's language, the pixel index
+    /// over it, and the query (the fake's render of `good 200`) with its vector.
+    async fn fixture(dir: &std::path::Path) -> (Retriever, RgbImage, Vec<f32>) {
+        let corpus = dir.join("corpus");
+        std::fs::create_dir_all(&corpus).unwrap();
+        let codes = ["good 100", "blank", "good 190", "timeout", "degenerate"];
+        let mut jsonl = String::new();
+        for (i, code) in codes.iter().enumerate() {
+            // Each row's image differs (a bar at its own height) so the vectors are distinct.
+            let img = RgbImage::from_fn(64, 64, |x, y| {
+                let bar = (8 + 10 * i as u32..14 + 10 * i as u32).contains(&y) && x > 4;
+                image::Rgb(if bar { [90; 3] } else { [255; 3] })
+            });
+            img.save(corpus.join(format!("r{i}.png"))).unwrap();
+            jsonl.push_str(&format!("{{\"id\": \"r{i}\", \"code\": \"{code}\"}}\n"));
+        }
+        std::fs::write(corpus.join("rows.jsonl"), jsonl).unwrap();
+        let encoder = PixelEncoder::new(16);
+        let index = dir.join("index");
+        let opts = BuildOptions::new(corpus, Split::Train, index.clone());
+        build_index(&opts, &encoder, &indicatif::ProgressBar::hidden()).unwrap();
+        let retriever = Retriever::load(&index, None).unwrap();
+        let query = Arc::new(FakeRunner)
+            .render("good 200".into(), RENDER_SIZE)
+            .await
+            .unwrap();
+        let vector = encoder.encode(&query).unwrap();
+        (retriever, query, vector)
+    }
+
+    #[tokio::test]
+    async fn each_answerer_answers_through_the_trait_without_cadquery() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (retriever, image, vector) = fixture(tmp.path()).await;
+        let query = Query {
+            image: &image,
+            vector: &vector,
+            embed_seconds: 0.25,
+        };
+        let answerers: Vec<Box<dyn Answerer + '_>> = vec![
+            Box::new(Direct {
+                retriever: &retriever,
+                generator: None,
+                mode: Mode::Retrieval,
+                retrieve: 3,
+                decode: DecodeOptions::default(),
+            }),
+            Box::new(Selecting {
+                name: "rerank",
+                retriever: &retriever,
+                generator: None,
+                runner: Arc::new(FakeRunner),
+                opts: SelectOptions::default(),
+            }),
+        ];
+        let direct = answerers[0].answer(query).await.unwrap();
+        assert_eq!(answerers[0].name(), "retrieval");
+        assert!(direct.selection.is_none());
+        assert_eq!(direct.answer.neighbours.len(), 3);
+        assert_eq!(direct.answer.code, direct.answer.neighbours[0].code);
+        assert_eq!(direct.answer.embed_seconds, 0.25);
+
+        let selected = answerers[1].answer(query).await.unwrap();
+        assert_eq!(answerers[1].name(), "rerank");
+        let sel = selected
+            .selection
+            .expect("a selection answer carries its selection");
+        assert_eq!(
+            selected.answer.code, "good 190",
+            "the render closest to the query"
+        );
+        assert_eq!(
+            selected.answer.neighbours.len(),
+            5,
+            "every row is retrieved"
+        );
+        assert_eq!(sel.candidates.len(), 5);
+        assert!(!sel.fell_back);
+        assert_eq!(
+            selected.answer.mode,
+            Mode::Retrieval,
+            "no model: snippets only"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_model_mode_without_a_model_is_the_querys_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (retriever, image, vector) = fixture(tmp.path()).await;
+        let rag = Direct {
+            retriever: &retriever,
+            generator: None,
+            mode: Mode::Rag,
+            retrieve: 3,
+            decode: DecodeOptions::default(),
+        };
+        let query = Query {
+            image: &image,
+            vector: &vector,
+            embed_seconds: 0.0,
+        };
+        let e = rag.answer(query).await.unwrap_err();
+        assert!(
+            e.to_string().contains("needs a generator checkpoint"),
+            "{e}"
+        );
+    }
+}

@@ -1038,7 +1038,7 @@ fn ranks(v: &[f64]) -> Vec<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1201,7 +1201,7 @@ mod tests {
     /// A runner that answers by the program's text: `good N` draws a square of side N,
     /// `blank` a white image, `degenerate` a render error, `timeout` the sandbox's timeout,
     /// `panic` a panicking task, `small` a render at the wrong size.
-    struct FakeRunner;
+    pub(crate) struct FakeRunner;
 
     impl CandidateRunner for FakeRunner {
         fn render(self: Arc<Self>, code: String, size: u32) -> RenderFuture {
