@@ -6,6 +6,7 @@
 
 pub mod answer;
 pub mod compact;
+pub mod coverage;
 pub mod decode;
 pub mod eval;
 pub mod fallback;
