@@ -635,8 +635,8 @@ pub enum ModeDetails {
     Selection {
         /// The generator checkpoint, if any.
         model: Option<String>,
-        /// Selection figures and settings.
-        selection: SelectionReport,
+        /// Selection figures and settings (boxed: the largest variant by far).
+        selection: Box<SelectionReport>,
         /// The rank check, when asked.
         #[serde(skip_serializing_if = "Option::is_none")]
         rank_check: Option<RankCheck>,
@@ -729,10 +729,10 @@ impl EvalOutcome {
                         let done: Vec<&Selection> = run.selections.iter().flatten().collect();
                         ModeDetails::Selection {
                             model: ctx.model.clone(),
-                            selection: SelectionReport {
+                            selection: Box::new(SelectionReport {
                                 stats: SelectionStats::of(&done),
                                 options: setup.select_options(m).clone(),
-                            },
+                            }),
                             rank_check: check.clone(),
                         }
                     }
