@@ -156,10 +156,7 @@ pub async fn index_coverage(
             .collect();
         let mut scored = Vec::with_capacity(codes.len());
         for (h, (_, _, fit)) in handles.into_iter().zip(fits) {
-            scored.push((
-                fit,
-                h.await.map_err(|e| GeneratorError::Task(e.to_string()))?,
-            ));
+            scored.push((fit, h.await?));
         }
         if scored.iter().any(|(_, i)| !i.gt_ok) {
             skipped.push(format!("{id}: the ground truth does not build a solid"));

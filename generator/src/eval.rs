@@ -229,8 +229,6 @@ pub struct EvalOutcome {
     pub queries: Vec<Option<Vec<u8>>>,
     /// Exact-shape recall of the neighbours.
     pub recall: RecallCounts,
-    /// Queries answered.
-    pub total: usize,
 }
 
 /// Answers the first `total` rows of `split` in every mode, checks and scores them.
@@ -391,7 +389,6 @@ pub async fn evaluate(
         rank_checks,
         queries,
         recall,
-        total,
     })
 }
 
@@ -420,17 +417,13 @@ async fn score_runs(
     for hs in handles {
         let mut got = Vec::with_capacity(hs.len());
         for h in hs {
-            got.push(h.await.map_err(task_failed)?);
+            got.push(h.await?);
             bar.inc(1);
         }
         items.push(got);
     }
     bar.finish_and_clear();
     Ok(items)
-}
-
-fn task_failed(e: tokio::task::JoinError) -> GeneratorError {
-    GeneratorError::Task(e.to_string())
 }
 
 /// With `fallback`: every pending answer of `run` is checked in the sandbox (in parallel);
@@ -458,7 +451,7 @@ async fn check_in_sandbox(
     }
     for (i, h) in handles.into_iter().enumerate() {
         bar.inc(1);
-        let Some(checked) = h.await.map_err(task_failed)? else {
+        let Some(checked) = h.await? else {
             continue;
         };
         if let Some(l) = run.latencies[i].as_mut() {
@@ -513,7 +506,7 @@ async fn rank_check(
     bar.set_message(format!("{}: scoring every candidate", run.mode.as_str()));
     let mut per_query: Vec<Vec<ScoredCandidate>> = vec![Vec::new(); run.selections.len()];
     for (q, chosen, fit, h) in jobs {
-        let item = h.await.map_err(task_failed)?;
+        let item = h.await?;
         bar.inc(1);
         if let (true, Some(volume_iou)) = (item.gt_ok, item.volume_iou) {
             per_query[q].push(ScoredCandidate {

@@ -85,6 +85,12 @@ pub enum GeneratorError {
     },
 }
 
+impl From<tokio::task::JoinError> for GeneratorError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        GeneratorError::Task(e.to_string())
+    }
+}
+
 impl GeneratorError {
     /// A candle error during `stage`.
     pub fn candle(stage: &'static str, error: candle_core::Error) -> Self {

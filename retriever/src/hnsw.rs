@@ -126,6 +126,16 @@ impl ExactIndex {
         }
         ExactIndex { data, dims }
     }
+
+    /// A copy of `index`'s vectors (data id = position), read straight into the flat buffer.
+    pub fn copy_of(index: &dyn VectorIndex) -> Self {
+        let dims = index.dims();
+        let mut data = Vec::with_capacity(index.len() * dims);
+        for v in (0..index.len()).filter_map(|i| index.vector(i)) {
+            data.extend_from_slice(v);
+        }
+        ExactIndex { data, dims }
+    }
 }
 
 impl VectorIndex for ExactIndex {
@@ -224,6 +234,10 @@ mod tests {
         assert_eq!(idx.len(), 600);
         assert_eq!(idx.vector(5).unwrap(), &vs[5][..]);
         let exact = ExactIndex::new(&vs);
+        let copied = ExactIndex::copy_of(&idx);
+        assert_eq!((copied.len(), copied.dims()), (600, 24));
+        assert!((0..600).all(|i| copied.vector(i) == exact.vector(i)));
+        assert_eq!(copied.vector(600), None);
         let mut agree = 0;
         for (q, v) in vs.iter().enumerate().take(50) {
             let a: Vec<usize> = idx.search(v, 10, None).iter().map(|h| h.0).collect();

@@ -205,10 +205,7 @@ impl Retriever {
     /// Replaces the graph by brute-force search over the same vectors: exact neighbours, for
     /// recall checks, at a cost linear in the index size.
     pub fn exact(self) -> Result<Self, RetrieverError> {
-        let vectors: Vec<Vec<f32>> = (0..self.index.len())
-            .filter_map(|i| self.index.vector(i).map(<[f32]>::to_vec))
-            .collect();
-        let exact = ExactIndex::new(&vectors);
+        let exact = ExactIndex::copy_of(self.index.as_ref());
         self.with_index(Box::new(exact))
     }
 
